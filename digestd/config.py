@@ -1,0 +1,558 @@
+"""TOML + environment → frozen config objects; validation with precise messages.
+
+One schema (``SCHEMA``) gives every option its table, key, type, default and help line. The
+same schema checks the file, applies ``DIGESTD_<TABLE>_<KEY>`` environment overrides, writes
+the example file and prints ``digestd check-config``; nothing else knows the key names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from digestd.errors import ConfigError
+
+Security = Literal["none", "starttls", "tls"]
+SOURCE_TYPES = ("hf-daily-papers", "arxiv-rss", "arxiv-api", "json")
+BUNDLED_PAPERS = Path(__file__).parent / "sample"
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    host: str = ""
+    port: int = 587
+    security: Security = "starttls"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    from_: str = "Paper digest <digest@example.org>"
+    #: seconds for one whole send (connect, MAIL, RCPT, DATA), not per socket operation
+    timeout: float = 60.0
+    #: connections kept open and reused across messages
+    pool_size: int = 2
+    #: messages per second over all connections; 0 means no limit
+    rate_limit: float = 20.0
+    validate_certs: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    type: str
+    path: Path | None = None
+    categories: tuple[str, ...] = ()
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DigestConfig:
+    lookback: int = 2
+    site_name: str = "Paper digest"
+    list_id: str = ""
+    unsubscribe_mailto: str = ""
+    max_papers: int = 10
+    min_score: float = 0.35
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_url: str = "http://127.0.0.1:8080"
+    secret_key_file: Path = Path("var/secret_key")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    database_url: str
+    smtp: SmtpConfig
+    outbox: Path
+    sources: tuple[SourceConfig, ...]
+    web: WebConfig
+    digest: DigestConfig
+    templates: Path | None
+    #: "table.key" → where the effective value came from ("default", "file …", "env …")
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+# -- value parsers: each takes the raw TOML or environment value and returns the typed value,
+# raising ValueError with a message that completes "… must be …".
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("must be a string")
+    if any(c in v for c in "\r\n\0"):
+        raise ValueError("must be one line")
+    return v
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        if isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()):
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"must be a whole number from {lo} to {hi}")
+        return v
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[Any], float]:
+    def parse(v: Any) -> float:
+        if isinstance(v, str):
+            with contextlib.suppress(ValueError):
+                v = float(v)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            raise ValueError(f"must be a number from {lo:g} to {hi:g}")
+        return float(v)
+
+    return parse
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, str) and v.lower() in {"true", "false", "1", "0", "yes", "no"}:
+        return v.lower() in {"true", "1", "yes"}
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if v not in choices:
+            raise ValueError("must be one of " + ", ".join(choices))
+        return cast(str, v)
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        s = _str(v).rstrip("/")
+        parts = urlsplit(s)
+        if parts.scheme not in schemes or not parts.netloc:
+            raise ValueError(
+                "must be a URL starting with " + " or ".join(f"{x}://" for x in schemes)
+            )
+        return s
+
+    return parse
+
+
+def _db_url(v: Any) -> str:
+    s = _str(v)
+    if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", s):
+        raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+    return s
+
+
+def _address(v: Any) -> str:
+    from email.headerregistry import Address
+    from email.utils import parseaddr
+
+    s = _str(v)
+    _, addr = parseaddr(s)
+    if "@" not in addr:
+        raise ValueError('must be an address such as "Paper digest <digest@example.org>"')
+    try:
+        Address(addr_spec=addr)
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"is not a valid address ({exc})") from None
+    return s
+
+
+def _mailto(v: Any) -> str:
+    s = _str(v)
+    if s and not re.fullmatch(r"mailto:[^\s<>@]+@[^\s<>@]+", s):
+        raise ValueError('must be empty or "mailto:address@domain"')
+    return s
+
+
+def _path(v: Any) -> str:
+    return _str(v)
+
+
+def _categories(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError('must be a list of arXiv categories such as ["cs.LG"]')
+    for c in v:
+        if not re.fullmatch(r"[a-z\-]+(\.[A-Za-z\-]+)?", c):
+            raise ValueError(f"holds {c!r}, which is not an arXiv category such as cs.LG")
+    return tuple(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    table: str
+    key: str
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+    secret: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.table}.{self.key}"
+
+    @property
+    def env(self) -> str:
+        return f"DIGESTD_{self.table}_{self.key}".upper()
+
+
+SCHEMA: tuple[Option, ...] = (
+    Option(
+        "database",
+        "url",
+        "sqlite:///var/digestd.db",
+        _db_url,
+        "SQLAlchemy URL: sqlite:///relative/path.db or postgresql+psycopg://user@host/db",
+    ),
+    Option(
+        "smtp",
+        "host",
+        "",
+        _str,
+        "relay host name; empty writes every message to [outbox].path instead",
+    ),
+    Option("smtp", "port", 587, _int(1, 65535), "relay port (587 starttls, 465 tls, 25 none)"),
+    Option(
+        "smtp",
+        "security",
+        "starttls",
+        _choice("none", "starttls", "tls"),
+        "none | starttls | tls; never downgraded silently",
+    ),
+    Option("smtp", "username", "", _str, "user for SMTP AUTH; empty: no login"),
+    Option(
+        "smtp",
+        "password_file",
+        "",
+        _path,
+        "file holding the SMTP password (or set DIGESTD_SMTP_PASSWORD)",
+    ),
+    Option(
+        "smtp",
+        "password",
+        "",
+        _str,
+        "the SMTP password itself; prefer password_file or DIGESTD_SMTP_PASSWORD",
+        secret=True,
+    ),
+    Option(
+        "smtp",
+        "from",
+        "Paper digest <digest@example.org>",
+        _address,
+        "From header of every digest; its domain names Message-IDs",
+    ),
+    Option("smtp", "timeout", 60.0, _float(1, 3600), "seconds allowed for one whole send"),
+    Option("smtp", "pool_size", 2, _int(1, 64), "SMTP connections kept open and reused"),
+    Option(
+        "smtp",
+        "rate_limit",
+        20.0,
+        _float(0, 10000),
+        "messages per second over all connections; 0: no limit",
+    ),
+    Option("smtp", "validate_certs", True, _bool, "check the relay's TLS certificate"),
+    Option(
+        "outbox",
+        "path",
+        "var/outbox",
+        _path,
+        "folder for .eml (and .html) files when [smtp].host is empty",
+    ),
+    Option("web", "host", "127.0.0.1", _str, "address the web front listens on"),
+    Option("web", "port", 8080, _int(1, 65535), "port the web front listens on"),
+    Option(
+        "web",
+        "base_url",
+        "http://127.0.0.1:8080",
+        _url("http", "https"),
+        "public URL of the web front, used in every link in every email",
+    ),
+    Option(
+        "web",
+        "secret_key_file",
+        "var/secret_key",
+        _path,
+        "file with the key that signs links; created (mode 0600) when missing",
+    ),
+    Option(
+        "digest",
+        "lookback",
+        2,
+        _int(0, 60),
+        "days of papers a new subscriber's first digest may include",
+    ),
+    Option("digest", "site_name", "Paper digest", _str, "name shown in subjects and pages"),
+    Option(
+        "digest",
+        "list_id",
+        "",
+        _str,
+        "List-Id header; empty: '<site_name> <digest.DOMAIN>' from [smtp].from",
+    ),
+    Option(
+        "digest",
+        "unsubscribe_mailto",
+        "",
+        _mailto,
+        "optional mailto: address added to List-Unsubscribe",
+    ),
+    Option("digest", "max_papers", 10, _int(1, 100), "default papers per digest"),
+    Option(
+        "digest",
+        "min_score",
+        0.35,
+        _float(0, 1),
+        "default minimum score (0 to 1) for a paper to be sent",
+    ),
+    Option(
+        "templates",
+        "path",
+        "",
+        _path,
+        "folder whose templates override the built-in ones of the same name",
+    ),
+)
+
+SOURCE_KEYS: dict[str, str] = {
+    "type": "hf-daily-papers | arxiv-rss | arxiv-api | json",
+    "path": "json: a Daily Papers JSON file or a folder of them",
+    "categories": 'arxiv-rss / arxiv-api: arXiv categories, e.g. ["cs.LG", "cs.CL"]',
+    "url": "optional base URL of the feed (a mirror, or a test server)",
+}
+DEFAULT_SOURCE = {"type": "json", "path": str(BUNDLED_PAPERS)}
+
+
+def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (None: no file, the embedded default) and the environment into a Config.
+
+    Raises ConfigError with one line naming the file, table and key at the first bad value.
+    """
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+    known_tables = {o.table for o in SCHEMA} | {"sources"}
+    for table, body in raw.items():
+        if table not in known_tables:
+            raise ConfigError(f"{where}: unknown table [{table}]")
+        if table != "sources" and not isinstance(body, dict):
+            raise ConfigError(f"{where}: [{table}] must be a table")
+        if table != "sources":
+            known = {o.key for o in SCHEMA if o.table == table}
+            for key in body:
+                if key not in known:
+                    raise ConfigError(f"{where}: [{table}] unknown key {key!r}")
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for opt in SCHEMA:
+        value, origin = opt.default, "default"
+        if opt.key in raw.get(opt.table, {}):
+            value, origin = raw[opt.table][opt.key], f"file {where}"
+        if opt.env in env:
+            value, origin = env[opt.env], f"env {opt.env}"
+        try:
+            values[opt.name] = opt.parse(value)
+        except ValueError as exc:
+            src = f"environment {opt.env}" if origin.startswith("env") else where
+            raise ConfigError(f"{src}: [{opt.table}] {opt.key} {exc}") from None
+        origins[opt.name] = origin
+
+    password = values["smtp.password"]
+    if values["smtp.password_file"] and "DIGESTD_SMTP_PASSWORD" not in env:
+        pw_path = Path(values["smtp.password_file"])
+        try:
+            password = pw_path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: [smtp] password_file {pw_path}: cannot read ({exc.strerror})"
+            ) from None
+        origins["smtp.password"] = f"file {pw_path}"
+
+    sources = _sources(raw.get("sources"), where)
+    origins["sources"] = f"file {where}" if "sources" in raw else "default (bundled papers)"
+
+    return Config(
+        database_url=values["database.url"],
+        smtp=SmtpConfig(
+            host=values["smtp.host"],
+            port=values["smtp.port"],
+            security=values["smtp.security"],
+            username=values["smtp.username"],
+            password=password,
+            from_=values["smtp.from"],
+            timeout=values["smtp.timeout"],
+            pool_size=values["smtp.pool_size"],
+            rate_limit=values["smtp.rate_limit"],
+            validate_certs=values["smtp.validate_certs"],
+        ),
+        outbox=Path(values["outbox.path"]),
+        sources=sources,
+        web=WebConfig(
+            host=values["web.host"],
+            port=values["web.port"],
+            base_url=values["web.base_url"],
+            secret_key_file=Path(values["web.secret_key_file"]),
+        ),
+        digest=DigestConfig(
+            lookback=values["digest.lookback"],
+            site_name=values["digest.site_name"],
+            list_id=values["digest.list_id"],
+            unsubscribe_mailto=values["digest.unsubscribe_mailto"],
+            max_papers=values["digest.max_papers"],
+            min_score=values["digest.min_score"],
+        ),
+        templates=Path(values["templates.path"]) if values["templates.path"] else None,
+        origins=origins,
+    )
+
+
+def _sources(raw: Any, where: str) -> tuple[SourceConfig, ...]:
+    if raw is None:
+        raw = [DEFAULT_SOURCE]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: [[sources]] must be one or more [[sources]] tables")
+    out = []
+    for i, body in enumerate(raw, 1):
+        label = f"{where}: [[sources]] #{i}"
+        if not isinstance(body, dict):
+            raise ConfigError(f"{label} must be a table")
+        for key in body:
+            if key not in SOURCE_KEYS:
+                raise ConfigError(f"{label} unknown key {key!r}")
+        type_ = body.get("type")
+        if type_ not in SOURCE_TYPES:
+            raise ConfigError(f"{label} type must be one of " + ", ".join(SOURCE_TYPES))
+        try:
+            categories = _categories(body.get("categories", []))
+            url = _url("http", "https")(body["url"]) if body.get("url") else ""
+            path = Path(_path(body["path"])) if "path" in body else None
+        except ValueError as exc:
+            raise ConfigError(f"{label} {exc}") from None
+        if type_ == "json" and path is None:
+            raise ConfigError(f"{label} path is required for type json")
+        if type_ in ("arxiv-rss", "arxiv-api") and not categories:
+            raise ConfigError(f"{label} categories is required for type {type_}")
+        out.append(SourceConfig(type=type_, path=path, categories=categories, url=url))
+    return tuple(out)
+
+
+def check_timezone(name: str) -> ZoneInfo:
+    """The IANA zone ``name``; ValueError for anything else (used for subscribers' zones)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin"
+        ) from None
+
+
+def describe(config: Config) -> list[tuple[str, str, str]]:
+    """(key, effective value, origin) for every option, secrets redacted."""
+    smtp = config.smtp
+    shown: dict[str, Any] = {
+        "database.url": _redact_url(config.database_url),
+        "smtp.host": smtp.host,
+        "smtp.port": smtp.port,
+        "smtp.security": smtp.security,
+        "smtp.username": smtp.username,
+        "smtp.password": "(set, redacted)" if smtp.password else "(not set)",
+        "smtp.from": smtp.from_,
+        "smtp.timeout": smtp.timeout,
+        "smtp.pool_size": smtp.pool_size,
+        "smtp.rate_limit": smtp.rate_limit,
+        "smtp.validate_certs": smtp.validate_certs,
+        "outbox.path": config.outbox,
+        "web.host": config.web.host,
+        "web.port": config.web.port,
+        "web.base_url": config.web.base_url,
+        "web.secret_key_file": config.web.secret_key_file,
+        "digest.lookback": config.digest.lookback,
+        "digest.site_name": config.digest.site_name,
+        "digest.list_id": config.digest.list_id,
+        "digest.unsubscribe_mailto": config.digest.unsubscribe_mailto,
+        "digest.max_papers": config.digest.max_papers,
+        "digest.min_score": config.digest.min_score,
+        "templates.path": config.templates or "",
+    }
+    rows = []
+    for opt in SCHEMA:
+        if opt.name == "smtp.password_file":
+            continue
+        origin = config.origins.get(opt.name, "default")
+        rows.append((opt.name, str(shown[opt.name]), origin))
+    for i, s in enumerate(config.sources, 1):
+        desc = s.type + (f" path={s.path}" if s.path else "")
+        desc += f" categories={','.join(s.categories)}" if s.categories else ""
+        desc += f" url={s.url}" if s.url else ""
+        rows.append((f"sources[{i}]", desc, config.origins.get("sources", "default")))
+    return rows
+
+
+def _redact_url(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
+def example_toml() -> str:
+    """The annotated example configuration, generated from SCHEMA so it never drifts."""
+    lines = [
+        "# digestd configuration. Every key is optional; shown with its default.",
+        "# Any key may be overridden by the environment as DIGESTD_<TABLE>_<KEY>,",
+        "# e.g. DIGESTD_SMTP_PASSWORD or DIGESTD_DATABASE_URL.",
+        "# Relative paths are relative to the working directory.",
+    ]
+    table = ""
+    for opt in SCHEMA:
+        if opt.secret:
+            continue
+        if opt.table != table:
+            table = opt.table
+            lines += ["", f"[{table}]"]
+        lines.append(f"# {opt.help}")
+        lines.append(f"{opt.key} = {_toml_value(opt.default)}")
+    lines += [
+        "",
+        "# Where papers come from; repeat [[sources]] for several. Without any [[sources]]",
+        "# table digestd reads the few days of Daily Papers bundled with it.",
+        "[[sources]]",
+    ]
+    for key, help_ in SOURCE_KEYS.items():
+        lines.append(f"# {key}: {help_}")
+    lines += [
+        'type = "hf-daily-papers"',
+        "",
+        "# [[sources]]",
+        '# type = "arxiv-rss"',
+        '# categories = ["cs.LG", "cs.CL"]',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,74 @@
+"""Wiring: config → store, mailer, renderer, signer and sources, built once and closed once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import httpx
+
+from digestd import __version__
+from digestd.config import Config
+from digestd.deliver import Mailer, OutboxMailer, SmtpMailer
+from digestd.render import Renderer
+from digestd.sources import Source, build_source
+from digestd.store import Store
+from digestd.tokens import Signer, load_secret
+
+
+@dataclass
+class Services:
+    config: Config
+    store: Store
+    mailer: Mailer
+    renderer: Renderer
+    signer: Signer
+    sources: list[Source]
+    _client: httpx.AsyncClient | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, config: Config, *, store: Store | None = None) -> Services:
+        """Everything a command needs; opening the store migrates it to the current schema."""
+        store = store or Store.open(config.database_url)
+        mailer: Mailer = (
+            SmtpMailer(config.smtp) if config.smtp.host else OutboxMailer(config.outbox)
+        )
+        client = None
+        if any(s.type != "json" for s in config.sources):
+            client = httpx.AsyncClient(
+                timeout=httpx.Timeout(30.0),
+                headers={"User-Agent": f"digestd/{__version__}"},
+                follow_redirects=True,
+            )
+        sources = [
+            build_source(
+                s.type, client=client, path=s.path, categories=s.categories, base_url=s.url or None
+            )
+            for s in config.sources
+        ]
+        return cls(
+            config=config,
+            store=store,
+            mailer=mailer,
+            renderer=Renderer(config.templates),
+            signer=Signer(load_secret(config.web.secret_key_file)),
+            sources=sources,
+            _client=client,
+        )
+
+    async def aclose(self) -> None:
+        await self.mailer.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+        self.store.close()
+
+    async def __aenter__(self) -> Services:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

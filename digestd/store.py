@@ -1,0 +1,405 @@
+"""Engine, migrations and named queries: the only module that writes SQL."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlmodel import Session, col, select
+
+from digestd.errors import ConfigError, InvalidInput, NotFound
+from digestd.matcher import Match
+from digestd.models import (
+    TERMINAL,
+    Delivery,
+    DeliveryStatus,
+    Event,
+    PaperRow,
+    Preference,
+    PrefKind,
+    SentPaper,
+    Status,
+    Subscriber,
+)
+from digestd.paper import Paper
+from digestd.subscribers import SubscriberInput
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for ``url``; SQLite connections get WAL, foreign keys and a busy timeout."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"[database] url is not a database URL: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    """The database: subscribers, papers and the delivery ledger."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Open the database at ``url`` and bring its schema up to date."""
+        store = cls(url)
+        store.migrate()
+        return store
+
+    def migrate(self) -> None:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- subscribers ---------------------------------------------------------------------
+
+    def add_subscriber(self, data: SubscriberInput, *, status: Status) -> Subscriber:
+        """Insert a subscriber with preferences; InvalidInput when the address exists."""
+        now = datetime.now(UTC)
+        sub = Subscriber(
+            email=data.email,
+            status=status,
+            send_time=data.send_time,
+            timezone=data.timezone,
+            frequency=data.frequency,
+            weekly_day=data.weekly_day,
+            max_papers=data.max_papers,
+            min_score=data.min_score,
+            created_at=now,
+            confirmed_at=now if status == Status.ACTIVE else None,
+        )
+        with self.session() as s:
+            s.add(sub)
+            try:
+                s.flush()
+            except sa.exc.IntegrityError:
+                raise InvalidInput(f"{data.email} is already subscribed") from None
+            assert sub.id is not None
+            for kind, values in data.preferences():
+                for v in values:
+                    s.add(Preference(subscriber_id=sub.id, kind=kind, value=v))
+            s.add(Event(subscriber_id=sub.id, kind="subscribe", reason=status.value))
+            s.commit()
+        return sub
+
+    def subscriber(self, email: str) -> Subscriber:
+        with self.session() as s:
+            sub = s.exec(select(Subscriber).where(Subscriber.email == email)).first()
+        if sub is None:
+            raise NotFound(f"no subscriber {email}")
+        return sub
+
+    def preferences(self, subscriber_ids: Sequence[int]) -> dict[int, dict[str, list[str]]]:
+        out: dict[int, dict[str, list[str]]] = {
+            i: {k.value: [] for k in PrefKind} for i in subscriber_ids
+        }
+        if not subscriber_ids:
+            return out
+        with self.session() as s:
+            rows = s.exec(
+                select(Preference)
+                .where(col(Preference.subscriber_id).in_(subscriber_ids))
+                .order_by(col(Preference.id))
+            )
+            for p in rows:
+                out[p.subscriber_id][p.kind].append(p.value)
+        return out
+
+    def subscribers(
+        self, *, status: Status | None = None, batch: int = 1000
+    ) -> Iterator[list[Subscriber]]:
+        """All subscribers (optionally of one status), in batches by id, never a whole table."""
+        last = 0
+        while True:
+            with self.session() as s:
+                q = select(Subscriber).where(col(Subscriber.id) > last)
+                if status is not None:
+                    q = q.where(Subscriber.status == status)
+                rows = list(s.exec(q.order_by(col(Subscriber.id)).limit(batch)))
+            if not rows:
+                return
+            yield rows
+            last = rows[-1].id or 0
+
+    def set_status(self, email: str, status: Status, *, reason: str = "") -> Subscriber:
+        with self.session() as s:
+            sub = s.exec(select(Subscriber).where(Subscriber.email == email)).first()
+            if sub is None:
+                raise NotFound(f"no subscriber {email}")
+            sub.status = status
+            s.add(sub)
+            s.add(Event(subscriber_id=sub.id, kind=_event_kind(status), reason=reason))
+            s.commit()
+        return sub
+
+    def record_bounce(self, subscriber_id: int, *, hard: bool, reason: str, limit: int) -> bool:
+        """Record a bounce; mark the subscriber bounced after ``limit`` of them. True if so."""
+        kind = "bounce" if hard else "soft-bounce"
+        with self.session() as s:
+            s.add(Event(subscriber_id=subscriber_id, kind=kind, reason=reason))
+            s.flush()
+            count = s.exec(
+                select(sa.func.count())
+                .select_from(Event)
+                .where(Event.subscriber_id == subscriber_id, col(Event.kind).in_(["bounce"]))
+            ).one()
+            bounced = hard and count >= limit
+            if bounced:
+                sub = s.get(Subscriber, subscriber_id)
+                if sub is not None and sub.status == Status.ACTIVE:
+                    sub.status = Status.BOUNCED
+                    s.add(sub)
+            s.commit()
+        return bounced
+
+    # -- papers --------------------------------------------------------------------------
+
+    def add_papers(self, papers: Iterable[Paper], *, seen_at: datetime) -> int:
+        """Store papers not stored before (by arXiv id); return how many were new."""
+        rows = [_paper_row(p, seen_at) for p in {p.id: p for p in papers}.values()]
+        if not rows:
+            return 0
+        table = PaperRow.__table__  # type: ignore[attr-defined]
+        ins: Any = sqlite.insert if self.engine.dialect.name == "sqlite" else postgresql.insert
+        new = 0
+        with self.engine.begin() as conn:
+            for i in range(0, len(rows), 500):
+                stmt = ins(table).values(rows[i : i + 500]).on_conflict_do_nothing()
+                new += conn.execute(stmt).rowcount or 0
+        return new
+
+    def papers_seen_since(self, since: datetime) -> list[tuple[Paper, datetime]]:
+        """Papers first stored after ``since``, with that time, oldest first."""
+        with self.session() as s:
+            rows = s.exec(
+                select(PaperRow)
+                .where(col(PaperRow.first_seen) > since)
+                .order_by(col(PaperRow.first_seen), col(PaperRow.id))
+            )
+            return [(_paper(r), r.first_seen) for r in rows]
+
+    def count_papers(self) -> int:
+        with self.session() as s:
+            return s.exec(select(sa.func.count()).select_from(PaperRow)).one()
+
+    def sent_paper_ids(self, subscriber_id: int, paper_ids: Iterable[str]) -> set[str]:
+        ids = list(paper_ids)
+        if not ids:
+            return set()
+        with self.session() as s:
+            rows = s.exec(
+                select(SentPaper.paper_id).where(
+                    SentPaper.subscriber_id == subscriber_id, col(SentPaper.paper_id).in_(ids)
+                )
+            )
+            return set(rows)
+
+    # -- the delivery ledger -------------------------------------------------------------
+
+    def delivery(self, subscriber_id: int, period: date) -> Delivery | None:
+        with self.session() as s:
+            return s.exec(
+                select(Delivery).where(
+                    Delivery.subscriber_id == subscriber_id, Delivery.period == period
+                )
+            ).first()
+
+    def last_sent_at(self, subscriber_id: int) -> datetime | None:
+        with self.session() as s:
+            return s.exec(
+                select(sa.func.max(Delivery.sent_at)).where(
+                    Delivery.subscriber_id == subscriber_id,
+                    Delivery.status == DeliveryStatus.SENT,
+                )
+            ).one()
+
+    def claim(
+        self, subscriber_id: int, period: date, *, owner: str, now: datetime, lease: timedelta
+    ) -> Delivery | None:
+        """Claim the (subscriber, period) row for sending, or None when it is not ours to send.
+
+        New rows are inserted claimed; a row due for retry or whose lease has run out (its
+        worker died) is taken over with a conditional UPDATE, so two workers never both win.
+        """
+        until = now + lease
+        with self.session() as s:
+            row = Delivery(
+                subscriber_id=subscriber_id,
+                period=period,
+                status=DeliveryStatus.CLAIMED,
+                owner=owner,
+                lease_until=until,
+                created_at=now,
+            )
+            s.add(row)
+            try:
+                s.commit()
+                return row
+            except sa.exc.IntegrityError:
+                s.rollback()
+            table = Delivery.__table__  # type: ignore[attr-defined]
+            c = table.c
+            due = sa.or_(
+                sa.and_(c.status == DeliveryStatus.RETRY, c.next_attempt_at <= now),
+                sa.and_(c.status == DeliveryStatus.CLAIMED, c.lease_until < now),
+            )
+            result = s.execute(
+                table.update()
+                .where(c.subscriber_id == subscriber_id, c.period == period, due)
+                .values(status=DeliveryStatus.CLAIMED, owner=owner, lease_until=until)
+            )
+            s.commit()
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return s.exec(
+                select(Delivery).where(
+                    Delivery.subscriber_id == subscriber_id, Delivery.period == period
+                )
+            ).one()
+
+    def set_message_id(self, delivery_id: int, message_id: str) -> None:
+        self._update(delivery_id, message_id=message_id)
+
+    def mark_sent(
+        self, delivery: Delivery, matches: Sequence[Match], *, reply: str, now: datetime
+    ) -> None:
+        """Record a sent digest and its papers in one transaction."""
+        assert delivery.id is not None
+        with self.session() as s:
+            row = s.get(Delivery, delivery.id)
+            assert row is not None
+            row.status = DeliveryStatus.SENT
+            row.sent_at = now
+            row.reply = reply[:500]
+            row.attempts += 1
+            row.paper_count = len(matches)
+            row.lease_until = None
+            s.add(row)
+            for i, m in enumerate(matches, 1):
+                s.add(
+                    SentPaper(
+                        subscriber_id=row.subscriber_id,
+                        paper_id=m.paper.id,
+                        delivery_id=delivery.id,
+                        position=i,
+                        score=m.score,
+                    )
+                )
+            s.commit()
+
+    def mark_retry(self, delivery: Delivery, *, reply: str, at: datetime) -> None:
+        assert delivery.id is not None
+        self._update(
+            delivery.id,
+            status=DeliveryStatus.RETRY,
+            reply=reply[:500],
+            next_attempt_at=at,
+            lease_until=None,
+            attempts=delivery.attempts + 1,
+        )
+
+    def mark_final(self, delivery: Delivery, status: DeliveryStatus, *, reply: str) -> None:
+        assert delivery.id is not None and status in TERMINAL
+        self._update(
+            delivery.id,
+            status=status,
+            reply=reply[:500],
+            lease_until=None,
+            attempts=delivery.attempts + (status == DeliveryStatus.FAILED),
+        )
+
+    def _update(self, delivery_id: int, **values: Any) -> None:
+        with self.session() as s:
+            row = s.get(Delivery, delivery_id)
+            if row is None:
+                raise NotFound(f"no delivery {delivery_id}")
+            for k, v in values.items():
+                setattr(row, k, v)
+            s.add(row)
+            s.commit()
+
+
+def _event_kind(status: Status) -> str:
+    return {
+        Status.UNSUBSCRIBED: "unsubscribe",
+        Status.PAUSED: "pause",
+        Status.ACTIVE: "resume",
+        Status.BOUNCED: "bounce",
+        Status.PENDING: "pending",
+    }[status]
+
+
+def _paper_row(p: Paper, seen_at: datetime) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "title": p.title,
+        "abstract": p.abstract,
+        "authors": list(p.authors),
+        "categories": list(p.categories),
+        "published": p.published,
+        "summary": p.summary,
+        "keywords": list(p.keywords),
+        "code_url": p.code_url,
+        "project_url": p.project_url,
+        "upvotes": p.upvotes,
+        "source": p.source,
+        "first_seen": seen_at,
+    }
+
+
+def _paper(r: PaperRow) -> Paper:
+    return Paper(
+        id=r.id,
+        title=r.title,
+        abstract=r.abstract,
+        authors=tuple(r.authors),
+        categories=tuple(r.categories),
+        published=r.published,
+        summary=r.summary,
+        keywords=tuple(r.keywords),
+        code_url=r.code_url,
+        project_url=r.project_url,
+        upvotes=r.upvotes,
+        source=r.source,
+    )

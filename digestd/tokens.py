@@ -1,0 +1,83 @@
+"""Signed links: tokens bound to a purpose, a subscriber and that subscriber's link version."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from digestd.errors import ConfigError, DigestdError
+
+PURPOSES = ("confirm", "manage", "unsubscribe", "feedback")
+#: seconds a token of each purpose stays valid; links in digests must outlive the inbox
+MAX_AGE = {
+    "confirm": 3 * 86400,
+    "manage": 90 * 86400,
+    "unsubscribe": 365 * 86400,
+    "feedback": 90 * 86400,
+}
+
+
+class TokenError(DigestdError):
+    """A link that is tampered with, expired or meant for something else."""
+
+    exit_code = 2
+
+
+class ExpiredToken(TokenError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    subscriber_id: int
+    version: int
+    extra: str = ""
+
+
+class Signer:
+    def __init__(self, secret: bytes | str) -> None:
+        self._s = URLSafeTimedSerializer(secret, salt="digestd-links")
+
+    def make(self, purpose: str, subscriber_id: int, version: int, extra: str = "") -> str:
+        assert purpose in PURPOSES, purpose
+        return self._s.dumps([purpose, subscriber_id, version, extra])
+
+    def load(self, token: str, purpose: str, *, max_age: int | None = None) -> Claim:
+        age = MAX_AGE[purpose] if max_age is None else max_age
+        try:
+            data = self._s.loads(token, max_age=age)
+        except SignatureExpired:
+            raise ExpiredToken("this link has expired") from None
+        except BadSignature:
+            raise TokenError("this link is not valid") from None
+        if not (isinstance(data, list) and len(data) == 4 and data[0] == purpose):
+            raise TokenError("this link is not meant for this page")
+        _, sub, version, extra = data
+        if not isinstance(sub, int) or not isinstance(version, int) or not isinstance(extra, str):
+            raise TokenError("this link is not valid")
+        return Claim(sub, version, extra)
+
+
+def load_secret(path: Path) -> bytes:
+    """The key in ``path``; created with 32 random bytes and mode 0600 when missing."""
+    try:
+        data = path.read_bytes().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32).encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process won the race: use its key
+            return load_secret(path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key + b"\n")
+        return key
+    except OSError as exc:
+        raise ConfigError(f"[web] secret_key_file {path}: cannot read ({exc.strerror})") from None
+    if len(data) < 16:
+        raise ConfigError(f"[web] secret_key_file {path}: key shorter than 16 bytes")
+    return data

@@ -8,12 +8,15 @@ excluded subject. Everything behind ``rank`` / ``select`` so better scorers can 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+
+import snowballstemmer
 
 from digestd.paper import Paper
 
@@ -52,22 +55,13 @@ _STOPWORDS = (
 _STOP = frozenset(_STOPWORDS.split())
 
 
+_STEMMER = snowballstemmer.stemmer("english")
+
+
+@functools.lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
-    """A light suffix stripper: enough to meet plural and -ing/-ed forms of the same word."""
-    w = word
-    if len(w) > 4 and w.endswith("ies"):
-        return w[:-3] + "y"
-    if len(w) > 5 and w.endswith(("sses", "shes", "ches", "xes")):
-        return w[:-2]
-    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
-        w = w[:-1]
-    for suffix in ("ing", "ed"):
-        if len(w) > len(suffix) + 3 and w.endswith(suffix):
-            w = w[: -len(suffix)]
-            if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz":
-                w = w[:-1]  # running → run
-            break
-    return w
+    """Porter2 (Snowball) stem, cached: a day's papers repeat a few thousand words."""
+    return str(_STEMMER.stemWord(word))
 
 
 def terms(text: str) -> list[str]:
@@ -117,8 +111,8 @@ def _doc(p: Paper) -> _Doc:
 
 def _topic_score(doc: _Doc, phrase: str, idf: dict[str, float]) -> tuple[float, str]:
     words = terms(phrase)
-    needed = _content(words) or words
-    if not needed:
+    needed = _content(words)
+    if not needed:  # a topic of stop words only would match everything
         return 0.0, ""
     quoted = f"“{' '.join(phrase.split())}”"
     if _contains(doc.title, words):

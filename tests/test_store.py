@@ -1,0 +1,140 @@
+"""The store over a real SQLite file: migrations, papers stored once, and ledger claims."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from digestd.errors import InvalidInput, NotFound
+from digestd.matcher import Match
+from digestd.models import DeliveryStatus, Status
+from digestd.paper import Paper
+from digestd.store import Store
+from digestd.subscribers import make_input
+
+T0 = datetime(2026, 8, 14, 8, 0, tzinfo=UTC)
+DAY = date(2026, 8, 14)
+LEASE = timedelta(minutes=10)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store.open(f"sqlite:///{tmp_path / 'db' / 'digestd.db'}")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def add(store: Store, email: str = "a@example.org") -> int:
+    sub = store.add_subscriber(make_input(email, topics=["x"]), status=Status.ACTIVE)
+    assert sub.id is not None
+    return sub.id
+
+
+def test_open_migrates_a_new_file_in_wal_mode(store: Store, tmp_path: Path) -> None:
+    assert store.revision() == "0001"
+    db = sqlite3.connect(tmp_path / "db" / "digestd.db")
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"subscribers", "preferences", "papers", "deliveries", "sent_papers", "feedback",
+            "events", "alembic_version"} <= tables  # fmt: skip
+    Store.open(store.url).close()  # migrating again is a no-op
+
+
+def test_papers_are_stored_once_with_first_seen(store: Store) -> None:
+    p = Paper(id="2608.13558", title="OmniScientist", abstract="a", authors=("Jiří",))
+    assert store.add_papers([p, p], seen_at=T0) == 1
+    later = Paper(id="2608.13558", title="changed", abstract="b")
+    assert store.add_papers([later], seen_at=T0 + timedelta(days=6)) == 0
+    [(stored, seen)] = store.papers_seen_since(T0 - timedelta(seconds=1))
+    assert stored.title == "OmniScientist" and stored.authors == ("Jiří",)
+    assert seen == T0 and seen.tzinfo is UTC
+    assert store.papers_seen_since(T0) == []
+
+
+def test_duplicate_address_is_refused(store: Store) -> None:
+    add(store, "a@example.org")
+    with pytest.raises(InvalidInput, match="already subscribed"):
+        add(store, "a@example.org")
+    with pytest.raises(NotFound):
+        store.set_status("nobody@example.org", Status.PAUSED)
+
+
+def test_a_claimed_row_is_not_claimed_again_until_its_lease_runs_out(store: Store) -> None:
+    sub = add(store)
+    first = store.claim(sub, DAY, owner="w1", now=T0, lease=LEASE)
+    assert first is not None and first.status == DeliveryStatus.CLAIMED
+    assert store.claim(sub, DAY, owner="w2", now=T0 + timedelta(minutes=5), lease=LEASE) is None
+    # w1 died: after the lease, another worker takes the row over.
+    taken = store.claim(sub, DAY, owner="w2", now=T0 + timedelta(minutes=11), lease=LEASE)
+    assert taken is not None and taken.id == first.id and taken.owner == "w2"
+
+
+def test_terminal_rows_are_never_claimed(store: Store) -> None:
+    sub = add(store)
+    row = store.claim(sub, DAY, owner="w1", now=T0, lease=LEASE)
+    assert row is not None
+    p = Paper(id="2608.00001", title="t", abstract="a")
+    store.mark_sent(row, [Match(p, 0.9, "why")], reply="250 ok", now=T0)
+    assert store.claim(sub, DAY, owner="w2", now=T0 + timedelta(days=1), lease=LEASE) is None
+    assert store.sent_paper_ids(sub, ["2608.00001", "2608.00002"]) == {"2608.00001"}
+    assert store.last_sent_at(sub) == T0
+
+
+def test_retry_rows_wait_for_their_time(store: Store) -> None:
+    sub = add(store)
+    row = store.claim(sub, DAY, owner="w1", now=T0, lease=LEASE)
+    assert row is not None
+    store.mark_retry(row, reply="451 later", at=T0 + timedelta(minutes=30))
+    assert store.claim(sub, DAY, owner="w1", now=T0 + timedelta(minutes=29), lease=LEASE) is None
+    again = store.claim(sub, DAY, owner="w1", now=T0 + timedelta(minutes=31), lease=LEASE)
+    assert again is not None and again.attempts == 1
+
+
+def test_concurrent_claims_have_one_winner(store: Store) -> None:
+    subs = [add(store, f"s{i}@example.org") for i in range(20)]
+    winners: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        other = Store(store.url)
+        for sub in subs:
+            if other.claim(sub, DAY, owner=name, now=T0, lease=LEASE) is not None:
+                with lock:
+                    winners.append((name, sub))
+        other.close()
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(s for _, s in winners) == subs
+
+
+def test_bounces_mark_the_subscriber_after_the_limit(store: Store) -> None:
+    sub = add(store)
+    assert not store.record_bounce(sub, hard=True, reason="554 rejected", limit=3)
+    assert not store.record_bounce(sub, hard=False, reason="452 full", limit=3)
+    assert not store.record_bounce(sub, hard=True, reason="554 rejected", limit=3)
+    assert store.subscriber("a@example.org").status == Status.ACTIVE
+    assert store.record_bounce(sub, hard=True, reason="554 rejected", limit=3)
+    assert store.subscriber("a@example.org").status == Status.BOUNCED
+
+
+def test_subscribers_come_in_batches(store: Store) -> None:
+    for i in range(7):
+        add(store, f"s{i}@example.org")
+    store.set_status("s3@example.org", Status.PAUSED)
+    batches = list(store.subscribers(status=Status.ACTIVE, batch=3))
+    assert [len(b) for b in batches] == [3, 3]
+    assert "s3@example.org" not in {s.email for b in batches for s in b}
+
+
+def test_naive_datetimes_are_refused(store: Store) -> None:
+    p = Paper(id="2608.00001", title="t", abstract="a")
+    with pytest.raises(Exception, match="naive datetime"):
+        store.add_papers([p], seen_at=datetime(2026, 8, 14, 8, 0))

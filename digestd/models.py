@@ -89,6 +89,10 @@ class Subscriber(SQLModel, table=True):
     min_score: float = 0.35
     #: bumped to invalidate every signed link issued before
     token_version: int = 0
+    #: send a short "nothing matched today" note instead of silence
+    empty_note: bool = False
+    #: last confirmation / manage-link email, to resend at most once per interval
+    notice_sent_at: datetime | None = _dt(default=None, nullable=True)
     created_at: datetime = _dt(default_factory=_now)
     confirmed_at: datetime | None = _dt(default=None, nullable=True)
 

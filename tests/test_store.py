@@ -35,7 +35,7 @@ def add(store: Store, email: str = "a@example.org") -> int:
 
 
 def test_open_migrates_a_new_file_in_wal_mode(store: Store, tmp_path: Path) -> None:
-    assert store.revision() == "0001"
+    assert store.revision() == "0002"
     db = sqlite3.connect(tmp_path / "db" / "digestd.db")
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -3,7 +3,9 @@
 First version: lexical matching of topic phrases with light stemming, phrase and
 all-words detection, title above abstract, term rarity over the day's papers; followed
 authors by normalised name; arXiv categories; exclusions that drop papers mainly about the
-excluded subject. Everything behind ``rank`` / ``select`` so better scorers can replace it.
+excluded subject; feedback ("more / less like this") as a learned component: papers similar
+to liked ones are pulled up, those similar to disliked ones pushed down. Everything behind
+``rank`` / ``select`` so better scorers can replace it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class Profile:
     categories: tuple[str, ...] = ()
     max_papers: int = DEFAULT_MAX_PAPERS
     min_score: float = DEFAULT_MIN_SCORE
+    #: papers the subscriber voted "more like this" / "less like this" on, newest first
+    liked: tuple[Paper, ...] = ()
+    disliked: tuple[Paper, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +169,41 @@ def _exclusion(doc: _Doc, phrase: str) -> float:
     return 0.5 if hits == 1 else 1.0
 
 
+# Feedback similarity: TF-IDF cosine of title (twice) + abstract. Measured on real Daily Papers
+# days, unrelated pairs score ~0.05 and clearly related ones 0.13-0.2, hence the ramp below.
+_SIM_FLOOR, _SIM_FULL = 0.06, 0.20
+_PULL = 0.4  # at full similarity a liked paper alone lifts a neighbour over the default 0.35
+_PUSH = 0.6  # at full similarity a disliked paper takes 60 % off a neighbour's score
+_VECTOR_TERMS = 40  # the most distinctive terms of a voted paper are enough to compare
+
+
+def _vector(doc: _Doc, idf: dict[str, float], default_idf: float) -> dict[str, float]:
+    counts = Counter(w for w in (*doc.title, *doc.title, *doc.body) if w not in _STOP)
+    v = {w: (1 + math.log(c)) * idf.get(w, default_idf) for w, c in counts.items() if len(w) > 1}
+    norm = math.sqrt(sum(x * x for x in v.values())) or 1.0
+    return {w: x / norm for w, x in v.items()}
+
+
+def _closest(
+    vec: dict[str, float], paper_id: str, voted: Sequence[tuple[Paper, dict[str, float]]]
+) -> tuple[float, Paper | None]:
+    """The strength (0..1) of the most similar voted paper, and that paper."""
+    best, which = 0.0, None
+    for p, v in voted:
+        if p.id == paper_id:  # a paper is not "similar to" itself
+            continue
+        sim = sum(x * vec.get(w, 0.0) for w, x in v.items())
+        if sim > best:
+            best, which = sim, p
+    strength = (best - _SIM_FLOOR) / (_SIM_FULL - _SIM_FLOOR)
+    return (min(strength, 1.0), which) if strength > 0 else (0.0, None)
+
+
+def _short(title: str, limit: int = 60) -> str:
+    t = " ".join(title.split())
+    return t if len(t) <= limit else t[:limit].rsplit(" ", 1)[0] + "…"
+
+
 def rank(papers: Sequence[Paper], profile: Profile, *, sent: Collection[str] = ()) -> list[Match]:
     """Every paper not in ``sent`` with a score above 0, best first (ties by id)."""
     candidates = [p for p in {p.id: p for p in papers}.values() if p.id not in sent]
@@ -176,6 +216,17 @@ def rank(papers: Sequence[Paper], profile: Profile, *, sent: Collection[str] = (
     followed = {name_key(a): a for a in profile.authors}
     followed_last = {k[0]: a for k, a in followed.items()}
     wanted_cats = {c.casefold() for c in profile.categories}
+    default_idf = math.log(1 + n)  # a word none of today's papers has is as rare as can be
+
+    def voted(ps: Sequence[Paper]) -> list[tuple[Paper, dict[str, float]]]:
+        vectors = []
+        for p in ps:
+            v = _vector(_doc(p), idf, default_idf)
+            top = sorted(v.items(), key=lambda kv: -kv[1])[:_VECTOR_TERMS]
+            vectors.append((p, dict(top)))
+        return vectors
+
+    liked, disliked = voted(profile.liked), voted(profile.disliked)
 
     out: list[Match] = []
     for paper, doc in zip(candidates, docs, strict=True):
@@ -207,6 +258,16 @@ def rank(papers: Sequence[Paper], profile: Profile, *, sent: Collection[str] = (
         if cats:
             score = max(score, 0.6) if not profile.topics else score + 0.1
             reasons.append("in " + ", ".join(cats))
+        if liked or disliked:
+            vec = _vector(doc, idf, default_idf)
+            pull, near = _closest(vec, paper.id, liked)
+            if near is not None:
+                score += _PULL * pull
+                reasons.append(f"similar to “{_short(near.title)}”, which you liked")
+            push, near = _closest(vec, paper.id, disliked)
+            if near is not None and score > 0:
+                score *= 1 - _PUSH * push
+                reasons.append(f"lowered: similar to “{_short(near.title)}” (you asked for less)")
         for phrase in profile.exclude:
             factor = _exclusion(doc, phrase)
             if factor < 1.0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
@@ -68,7 +69,13 @@ pass_ctx = click.make_pass_decorator(Context)
 def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
     """digestd emails each subscriber a personal digest of the day's research papers."""
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if ctx.invoked_subcommand == "run":
+        level = min(level, logging.INFO)  # a daemon says what it does
+    # Under systemd the journal stamps every line already.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=level, format=stamp + "%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "apscheduler", "httpx", "uvicorn.error", "aiosmtplib"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     ctx.obj = Context(config_path)
 
 
@@ -348,6 +355,44 @@ def demo(ctx: Context) -> None:
         click.echo(f"The email itself:     {eml}")
     elif row is not None:
         click.echo(f"today's digest: {row.status} ({row.reply})")
+
+
+@cli.command()
+@pass_ctx
+def run(ctx: Context) -> None:
+    """Run the daemon: the web front, the fetch job and the send tick, until SIGTERM."""
+    from digestd import daemon
+
+    sys.exit(asyncio.run(daemon.run(ctx.config, ctx.config_path)))
+
+
+@cli.command()
+@click.option("--period", help="Show this digest day (YYYY-MM-DD); default: today (UTC).")
+@pass_ctx
+def status(ctx: Context, period: str | None) -> None:
+    """What the database and a running daemon say: subscribers, fetches, today's digests."""
+    from digestd import status as status_mod
+
+    click.echo(status_mod.report(ctx.config, _day(period)))
+
+
+@cli.command("revoke-links")
+@click.argument("email")
+@pass_ctx
+def revoke_links(ctx: Context, email: str) -> None:
+    """Invalidate every confirm, manage, unsubscribe and feedback link sent to EMAIL so far.
+
+    The next digest (or a subscribe request for the address) carries fresh links.
+    """
+    address = normalise_email(email)
+    store = ctx.store()
+    try:
+        sub = store.subscriber(address)
+        assert sub.id is not None
+        store.revoke_links(sub.id)
+    finally:
+        store.close()
+    click.echo(f"revoked every link sent to {address} so far")
 
 
 def main() -> None:

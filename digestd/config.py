@@ -61,11 +61,41 @@ class DigestConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    #: crontab (UTC) of the fetch job
+    fetch_cron: str = "15 * * * *"
+    tick_seconds: int = 60
+    #: how long after a send time a digest without matches waits for the day's papers
+    wait_minutes: int = 240
+    #: first delay before fetching again after every source failed; doubles up to 30 minutes
+    fetch_retry_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    max_age_hours: float = 20.0
+    retry_base_seconds: float = 300.0
+    retry_max_seconds: float = 6 * 3600.0
+    lease_seconds: float = 600.0
+    bounce_limit_no_such_user: int = 1
+    bounce_limit: int = 3
+    shutdown_grace_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class WebConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     base_url: str = "http://127.0.0.1:8080"
     secret_key_file: Path = Path("var/secret_key")
+    confirm_days: int = 3
+    resend_minutes: int = 15
+    requests_per_minute: int = 120
+    subscribe_per_ip_per_hour: int = 20
+    subscribe_per_address_per_day: int = 5
+    max_body_bytes: int = 65536
+    #: proxies whose X-Forwarded-For names the real client (IPs or networks)
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +107,12 @@ class Config:
     web: WebConfig
     digest: DigestConfig
     templates: Path | None
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig())
+    delivery: DeliveryConfig = field(default_factory=lambda: DeliveryConfig())
     #: "table.key" → where the effective value came from ("default", "file …", "env …")
     origins: Mapping[str, str] = field(default_factory=dict, compare=False)
+    #: "table.key" → the parsed value, as check-config shows it (secrets redacted there)
+    values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 # -- value parsers: each takes the raw TOML or environment value and returns the typed value,
@@ -175,8 +209,31 @@ def _mailto(v: Any) -> str:
     return s
 
 
+def _cron(v: Any) -> str:
+    from apscheduler.triggers.cron import CronTrigger
+
+    s = _str(v)
+    try:
+        CronTrigger.from_crontab(s)
+    except ValueError as exc:
+        raise ValueError(f"must be a crontab line such as '15 * * * *' ({exc})") from None
+    return s
+
+
 def _path(v: Any) -> str:
     return _str(v)
+
+
+def _networks(v: Any) -> str:
+    import ipaddress
+
+    s = _str(v)
+    for part in filter(None, (p.strip() for p in s.split(","))):
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ValueError(f"holds {part!r}, which is not an IP address or network") from None
+    return s
 
 
 def _categories(v: Any) -> tuple[str, ...]:
@@ -285,6 +342,19 @@ SCHEMA: tuple[Option, ...] = (
         _path,
         "file with the key that signs links; created (mode 0600) when missing",
     ),
+    Option("web", "confirm_days", 3, _int(1, 30), "days a confirmation link stays valid"),
+    Option("web", "resend_minutes", 15, _int(0, 1440),
+           "at most one confirmation or manage-link email per address per this many minutes"),
+    Option("web", "requests_per_minute", 120, _int(1, 100000),
+           "requests one client IP may make per minute (counted per process)"),
+    Option("web", "subscribe_per_ip_per_hour", 20, _int(1, 100000),
+           "subscribe requests one client IP may make per hour (counted per process)"),
+    Option("web", "subscribe_per_address_per_day", 5, _int(1, 1000),
+           "subscribe requests for one email address per day (counted per process)"),
+    Option("web", "max_body_bytes", 65536, _int(1024, 10_000_000),
+           "largest request body accepted; larger ones get 413"),
+    Option("web", "trusted_proxies", "", _networks,
+           "comma-separated proxy IPs/networks whose X-Forwarded-For names the client"),
     Option(
         "digest",
         "lookback",
@@ -322,7 +392,29 @@ SCHEMA: tuple[Option, ...] = (
         _path,
         "folder whose templates override the built-in ones of the same name",
     ),
-)
+    Option("schedule", "fetch_cron", "15 * * * *", _cron,
+           "when to fetch papers: a crontab line in UTC (minute hour day month weekday)"),
+    Option("schedule", "tick_seconds", 60, _int(1, 3600),
+           "how often the daemon looks for digests that are due"),
+    Option("schedule", "wait_minutes", 240, _int(0, 1440),
+           "after a send time, how long a digest with no match waits for the day's papers"),
+    Option("schedule", "fetch_retry_seconds", 60.0, _float(0.1, 86400),
+           "when every source failed, fetch again after this; doubles up to 30 minutes"),
+    Option("delivery", "max_age_hours", 20.0, _float(0.01, 168),
+           "a digest not delivered this long after its send time is recorded as expired"),
+    Option("delivery", "retry_base_seconds", 300.0, _float(0.1, 86400),
+           "first retry delay after a temporary failure; doubles each attempt, with jitter"),
+    Option("delivery", "retry_max_seconds", 21600.0, _float(0.1, 86400),
+           "longest delay between two attempts"),
+    Option("delivery", "lease_seconds", 600.0, _float(1, 86400),
+           "how long a worker owns a claimed digest before another may take it over"),
+    Option("delivery", "bounce_limit_no_such_user", 1, _int(1, 100),
+           "permanent 5.1.x ('no such user') failures before a subscriber is marked bounced"),
+    Option("delivery", "bounce_limit", 3, _int(1, 100),
+           "other permanent failures before a subscriber is marked bounced"),
+    Option("delivery", "shutdown_grace_seconds", 30.0, _float(0, 3600),
+           "on SIGTERM, how long in-flight sends may take before the daemon exits"),
+)  # fmt: skip
 
 SOURCE_KEYS: dict[str, str] = {
     "type": "hf-daily-papers | arxiv-rss | arxiv-api | json",
@@ -414,6 +506,15 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
             port=values["web.port"],
             base_url=values["web.base_url"],
             secret_key_file=Path(values["web.secret_key_file"]),
+            confirm_days=values["web.confirm_days"],
+            resend_minutes=values["web.resend_minutes"],
+            requests_per_minute=values["web.requests_per_minute"],
+            subscribe_per_ip_per_hour=values["web.subscribe_per_ip_per_hour"],
+            subscribe_per_address_per_day=values["web.subscribe_per_address_per_day"],
+            max_body_bytes=values["web.max_body_bytes"],
+            trusted_proxies=tuple(
+                p.strip() for p in values["web.trusted_proxies"].split(",") if p.strip()
+            ),
         ),
         digest=DigestConfig(
             lookback=values["digest.lookback"],
@@ -424,7 +525,23 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
             min_score=values["digest.min_score"],
         ),
         templates=Path(values["templates.path"]) if values["templates.path"] else None,
+        schedule=ScheduleConfig(
+            fetch_cron=values["schedule.fetch_cron"],
+            tick_seconds=values["schedule.tick_seconds"],
+            wait_minutes=values["schedule.wait_minutes"],
+            fetch_retry_seconds=values["schedule.fetch_retry_seconds"],
+        ),
+        delivery=DeliveryConfig(
+            max_age_hours=values["delivery.max_age_hours"],
+            retry_base_seconds=values["delivery.retry_base_seconds"],
+            retry_max_seconds=values["delivery.retry_max_seconds"],
+            lease_seconds=values["delivery.lease_seconds"],
+            bounce_limit_no_such_user=values["delivery.bounce_limit_no_such_user"],
+            bounce_limit=values["delivery.bounce_limit"],
+            shutdown_grace_seconds=values["delivery.shutdown_grace_seconds"],
+        ),
         origins=origins,
+        values=values,
     )
 
 
@@ -470,38 +587,16 @@ def check_timezone(name: str) -> ZoneInfo:
 
 def describe(config: Config) -> list[tuple[str, str, str]]:
     """(key, effective value, origin) for every option, secrets redacted."""
-    smtp = config.smtp
-    shown: dict[str, Any] = {
-        "database.url": _redact_url(config.database_url),
-        "smtp.host": smtp.host,
-        "smtp.port": smtp.port,
-        "smtp.security": smtp.security,
-        "smtp.username": smtp.username,
-        "smtp.password": "(set, redacted)" if smtp.password else "(not set)",
-        "smtp.from": smtp.from_,
-        "smtp.timeout": smtp.timeout,
-        "smtp.pool_size": smtp.pool_size,
-        "smtp.rate_limit": smtp.rate_limit,
-        "smtp.validate_certs": smtp.validate_certs,
-        "outbox.path": config.outbox,
-        "web.host": config.web.host,
-        "web.port": config.web.port,
-        "web.base_url": config.web.base_url,
-        "web.secret_key_file": config.web.secret_key_file,
-        "digest.lookback": config.digest.lookback,
-        "digest.site_name": config.digest.site_name,
-        "digest.list_id": config.digest.list_id,
-        "digest.unsubscribe_mailto": config.digest.unsubscribe_mailto,
-        "digest.max_papers": config.digest.max_papers,
-        "digest.min_score": config.digest.min_score,
-        "templates.path": config.templates or "",
-    }
     rows = []
     for opt in SCHEMA:
         if opt.name == "smtp.password_file":
             continue
-        origin = config.origins.get(opt.name, "default")
-        rows.append((opt.name, str(shown[opt.name]), origin))
+        value = config.values.get(opt.name, opt.default)
+        if opt.secret:
+            value = "(set, redacted)" if value else "(not set)"
+        elif opt.name == "database.url":
+            value = _redact_url(value)
+        rows.append((opt.name, str(value), config.origins.get(opt.name, "default")))
     for i, s in enumerate(config.sources, 1):
         desc = s.type + (f" path={s.path}" if s.path else "")
         desc += f" categories={','.join(s.categories)}" if s.categories else ""

@@ -59,6 +59,7 @@ class PrefKind(StrEnum):
 class DeliveryStatus(StrEnum):
     CLAIMED = "claimed"  # a worker holds it until lease_until
     RETRY = "retry"  # temporary failure; try again at next_attempt_at
+    WAITING = "waiting"  # nothing matched yet; look again at next_attempt_at (day's papers)
     SENT = "sent"  # the relay (or outbox) accepted it: terminal
     EMPTY = "empty"  # nothing matched this period: terminal, nothing sent
     FAILED = "failed"  # permanent failure (bounce): terminal

@@ -10,6 +10,7 @@ import httpx
 from digestd import __version__
 from digestd.config import Config
 from digestd.deliver import Mailer, OutboxMailer, SmtpMailer
+from digestd.metrics import Metrics
 from digestd.render import Renderer
 from digestd.sources import Source, build_source
 from digestd.store import Store
@@ -24,6 +25,7 @@ class Services:
     renderer: Renderer
     signer: Signer
     sources: list[Source]
+    metrics: Metrics = field(default_factory=Metrics)
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
 
     @classmethod
@@ -46,8 +48,11 @@ class Services:
             )
             for s in config.sources
         ]
+        metrics = Metrics()
+        metrics.watch_subscribers(store.subscriber_counts)
         return cls(
             config=config,
+            metrics=metrics,
             store=store,
             mailer=mailer,
             renderer=Renderer(config.templates),
@@ -56,11 +61,12 @@ class Services:
             _client=client,
         )
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, close_store: bool = True) -> None:
         await self.mailer.aclose()
         if self._client is not None:
             await self._client.aclose()
-        self.store.close()
+        if close_store:
+            self.store.close()
 
     async def __aenter__(self) -> Services:
         return self

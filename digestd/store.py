@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from digestd.models import (
     Delivery,
     DeliveryStatus,
     Event,
+    Feedback,
     PaperRow,
     Preference,
     PrefKind,
@@ -94,9 +96,11 @@ class Store:
 
     # -- subscribers ---------------------------------------------------------------------
 
-    def add_subscriber(self, data: SubscriberInput, *, status: Status) -> Subscriber:
+    def add_subscriber(
+        self, data: SubscriberInput, *, status: Status, now: datetime | None = None
+    ) -> Subscriber:
         """Insert a subscriber with preferences; InvalidInput when the address exists."""
-        now = datetime.now(UTC)
+        now = now or datetime.now(UTC)
         sub = Subscriber(
             email=data.email,
             status=status,
@@ -108,6 +112,9 @@ class Store:
             min_score=data.min_score,
             created_at=now,
             confirmed_at=now if status == Status.ACTIVE else None,
+            # Random, not 0: SQLite reuses the id of a deleted last row, and a link signed for
+            # the deleted subscriber must not open the new one.
+            token_version=secrets.randbelow(2**31),
         )
         with self.session() as s:
             s.add(sub)
@@ -206,7 +213,8 @@ class Store:
         with self.engine.begin() as conn:
             for i in range(0, len(rows), 500):
                 stmt = ins(table).values(rows[i : i + 500]).on_conflict_do_nothing()
-                new += conn.execute(stmt).rowcount or 0
+                # RETURNING, not rowcount: psycopg reports -1 for multi-row inserts.
+                new += len(conn.execute(stmt.returning(table.c.id)).all())
         return new
 
     def papers_seen_since(self, since: datetime) -> list[tuple[Paper, datetime]]:
@@ -281,7 +289,10 @@ class Store:
             table = Delivery.__table__  # type: ignore[attr-defined]
             c = table.c
             due = sa.or_(
-                sa.and_(c.status == DeliveryStatus.RETRY, c.next_attempt_at <= now),
+                sa.and_(
+                    c.status.in_([DeliveryStatus.RETRY, DeliveryStatus.WAITING]),
+                    c.next_attempt_at <= now,
+                ),
                 sa.and_(c.status == DeliveryStatus.CLAIMED, c.lease_until < now),
             )
             result = s.execute(
@@ -339,6 +350,119 @@ class Store:
             attempts=delivery.attempts + 1,
         )
 
+    def mark_waiting(self, delivery: Delivery, *, reply: str, at: datetime) -> None:
+        """Nothing to send yet: release the claim and look again at ``at``."""
+        assert delivery.id is not None
+        self._update(
+            delivery.id,
+            status=DeliveryStatus.WAITING,
+            reply=reply[:500],
+            next_attempt_at=at,
+            lease_until=None,
+        )
+
+    def wake_waiting(self, now: datetime) -> int:
+        """New papers arrived: digests waiting for them are due again at once."""
+        table = Delivery.__table__  # type: ignore[attr-defined]
+        c = table.c
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                table.update()
+                .where(c.status == DeliveryStatus.WAITING, c.next_attempt_at > now)
+                .values(next_attempt_at=now)
+            )
+            return int(result.rowcount or 0)
+
+    def schedule_groups(self) -> list[tuple[str, str, str, int]]:
+        """Distinct (timezone, send_time, frequency, weekly_day) of active subscribers."""
+        with self.session() as s:
+            rows = s.exec(
+                select(
+                    Subscriber.timezone,
+                    Subscriber.send_time,
+                    Subscriber.frequency,
+                    Subscriber.weekly_day,
+                )
+                .where(Subscriber.status == Status.ACTIVE)
+                .distinct()
+            )
+            return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def due_subscribers(
+        self,
+        period: date,
+        groups: Sequence[tuple[str, str, str, int]],
+        *,
+        now: datetime,
+        batch: int = 1000,
+    ) -> Iterator[list[Subscriber]]:
+        """Active subscribers of ``groups`` whose ``period`` digest is not done, by id batches.
+
+        Rows in flight (claimed under a live lease) or waiting for a later attempt are left
+        out here; claim() is still the arbiter when two workers race.
+        """
+        d = Delivery.__table__.alias("d")  # type: ignore[attr-defined]
+        open_row = sa.exists().where(
+            d.c.subscriber_id == Subscriber.id,
+            d.c.period == period,
+            sa.or_(
+                d.c.status.in_([s.value for s in TERMINAL]),
+                sa.and_(d.c.status == DeliveryStatus.CLAIMED, d.c.lease_until >= now),
+                sa.and_(
+                    d.c.status.in_([DeliveryStatus.RETRY, DeliveryStatus.WAITING]),
+                    d.c.next_attempt_at > now,
+                ),
+            ),
+        )
+        in_groups = sa.tuple_(
+            col(Subscriber.timezone),
+            col(Subscriber.send_time),
+            col(Subscriber.frequency),
+            col(Subscriber.weekly_day),
+        ).in_(list(groups))
+        last = 0
+        while groups:
+            with self.session() as s:
+                rows = list(
+                    s.exec(
+                        select(Subscriber)
+                        .where(
+                            Subscriber.status == Status.ACTIVE,
+                            col(Subscriber.id) > last,
+                            in_groups,
+                            ~open_row,
+                        )
+                        .order_by(col(Subscriber.id))
+                        .limit(batch)
+                    )
+                )
+            if not rows:
+                return
+            yield rows
+            last = rows[-1].id or 0
+
+    def awaiting_first_digest(self, *, since: datetime, limit: int = 1000) -> list[Subscriber]:
+        """Active subscribers who confirmed a subscription since ``since`` and got nothing yet.
+
+        Only confirmations after sign-up count (the web's double opt-in); subscribers added
+        by an operator start at their next send time.
+        """
+        with self.session() as s:
+            any_row = sa.exists().where(col(Delivery.subscriber_id) == col(Subscriber.id))
+            return list(
+                s.exec(
+                    select(Subscriber)
+                    .where(
+                        Subscriber.status == Status.ACTIVE,
+                        col(Subscriber.confirmed_at) >= since,
+                        col(Subscriber.confirmed_at) > col(Subscriber.created_at),
+                        ~any_row,
+                    )
+                    .order_by(col(Subscriber.id))
+                    .limit(limit)
+                )
+            )
+
     def mark_final(self, delivery: Delivery, status: DeliveryStatus, *, reply: str) -> None:
         assert delivery.id is not None and status in TERMINAL
         self._update(
@@ -349,6 +473,51 @@ class Store:
             attempts=delivery.attempts + (status == DeliveryStatus.FAILED),
         )
 
+    # -- events and status -----------------------------------------------------------------
+
+    def record_event(self, kind: str, reason: str, *, subscriber_id: int | None = None) -> None:
+        with self.session() as s:
+            s.add(Event(subscriber_id=subscriber_id, kind=kind, reason=reason[:1000]))
+            s.commit()
+
+    def last_event(self, *kinds: str) -> Event | None:
+        with self.session() as s:
+            return s.exec(
+                select(Event)
+                .where(col(Event.kind).in_(kinds))
+                .order_by(col(Event.created_at).desc(), col(Event.id).desc())
+                .limit(1)
+            ).first()
+
+    def subscriber_counts(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.exec(select(Subscriber.status, sa.func.count()).group_by(Subscriber.status))
+            return {status: n for status, n in rows}
+
+    def delivery_counts(self, period: date) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.exec(
+                select(Delivery.status, sa.func.count())
+                .where(Delivery.period == period)
+                .group_by(Delivery.status)
+            )
+            return {status: n for status, n in rows}
+
+    def unsent_reasons(self, period: date, limit: int = 20) -> list[tuple[int, str, str]]:
+        """(subscriber id, status, reply) of the period's deliveries that were not sent."""
+        with self.session() as s:
+            rows = s.exec(
+                select(Delivery.subscriber_id, Delivery.status, Delivery.reply)
+                .where(Delivery.period == period, Delivery.status != DeliveryStatus.SENT)
+                .order_by(col(Delivery.subscriber_id))
+                .limit(limit)
+            )
+            return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
     def _update(self, delivery_id: int, **values: Any) -> None:
         with self.session() as s:
             row = s.get(Delivery, delivery_id)
@@ -358,6 +527,173 @@ class Store:
                 setattr(row, k, v)
             s.add(row)
             s.commit()
+
+    # -- subscriptions: what the web front (digestd.subscription) asks ---------------------
+
+    def subscriber_by_id(self, subscriber_id: int) -> Subscriber:
+        with self.session() as s:
+            sub = s.get(Subscriber, subscriber_id)
+        if sub is None:
+            raise NotFound(f"no subscriber {subscriber_id}")
+        return sub
+
+    def find_subscriber(self, email: str) -> Subscriber | None:
+        with self.session() as s:
+            return s.exec(select(Subscriber).where(Subscriber.email == email)).first()
+
+    def update_subscriber(self, subscriber_id: int, data: SubscriberInput) -> Subscriber:
+        """Replace settings and preferences (never the address) in one transaction."""
+        with self.session() as s:
+            sub = s.get(Subscriber, subscriber_id)
+            if sub is None:
+                raise NotFound(f"no subscriber {subscriber_id}")
+            for name in ("send_time", "timezone", "frequency", "weekly_day", "max_papers",
+                         "min_score"):  # fmt: skip
+                setattr(sub, name, getattr(data, name))
+            s.add(sub)
+            s.exec(sa.delete(Preference).where(col(Preference.subscriber_id) == subscriber_id))
+            for kind, values in data.preferences():
+                for v in values:
+                    s.add(Preference(subscriber_id=subscriber_id, kind=kind, value=v))
+            s.add(Event(subscriber_id=subscriber_id, kind="update", reason=""))
+            s.commit()
+        return sub
+
+    def change_status(
+        self, subscriber_id: int, status: Status, *, reason: str, confirmed_at: datetime | None
+    ) -> Subscriber:
+        """Set the status (and confirmation time, when given) and record the event."""
+        with self.session() as s:
+            sub = s.get(Subscriber, subscriber_id)
+            if sub is None:
+                raise NotFound(f"no subscriber {subscriber_id}")
+            sub.status = status
+            if confirmed_at is not None:
+                sub.confirmed_at = confirmed_at
+            s.add(sub)
+            kind = "confirm" if confirmed_at is not None else _event_kind(status)
+            s.add(Event(subscriber_id=subscriber_id, kind=kind, reason=reason))
+            s.commit()
+        return sub
+
+    def claim_notice(self, subscriber_id: int, *, now: datetime, interval: timedelta) -> bool:
+        """Take the right to email this subscriber a notice now: at most one per ``interval``.
+
+        A conditional UPDATE, so two requests racing for one address send one email.
+        """
+        table = Subscriber.__table__  # type: ignore[attr-defined]
+        c = table.c
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                table.update()
+                .where(
+                    c.id == subscriber_id,
+                    sa.or_(c.notice_sent_at.is_(None), c.notice_sent_at <= now - interval),
+                )
+                .values(notice_sent_at=now)
+            )
+            return result.rowcount == 1
+
+    def release_notice(self, subscriber_id: int) -> None:
+        """The notice could not be sent: let the next request try again at once."""
+        with self.session() as s:
+            sub = s.get(Subscriber, subscriber_id)
+            if sub is not None:
+                sub.notice_sent_at = None
+                s.add(sub)
+                s.commit()
+
+    def revoke_links(self, subscriber_id: int) -> int:
+        """Invalidate every link signed for this subscriber so far; the new version."""
+        with self.session() as s:
+            sub = s.get(Subscriber, subscriber_id)
+            if sub is None:
+                raise NotFound(f"no subscriber {subscriber_id}")
+            sub.token_version = (sub.token_version + 1) % 2**31
+            s.add(sub)
+            s.add(Event(subscriber_id=subscriber_id, kind="revoke-links", reason=""))
+            s.commit()
+            return sub.token_version
+
+    def delete_subscriber(self, subscriber_id: int, *, reason: str) -> bool:
+        """Remove the subscriber and every row about them; keep one anonymous "deleted" event.
+
+        Child rows are deleted explicitly rather than left to ON DELETE CASCADE, so nothing
+        survives on a connection without foreign keys; their events go too (bounce replies
+        quote the address), and only the count of deletions remains.
+        """
+        with self.session() as s:
+            if s.get(Subscriber, subscriber_id) is None:
+                return False
+            for model in (SentPaper, Delivery, Feedback, Preference, Event):
+                table = model.__table__  # type: ignore[union-attr]
+                s.exec(sa.delete(table).where(table.c.subscriber_id == subscriber_id))
+            s.exec(sa.delete(Subscriber).where(col(Subscriber.id) == subscriber_id))
+            s.add(Event(subscriber_id=None, kind="deleted", reason=reason))
+            s.commit()
+        return True
+
+    def purge_unconfirmed(self, *, before: datetime) -> int:
+        """Delete pending subscribers whose last confirmation link was sent before ``before``
+        (it has expired): an address nobody confirmed is not kept. Returns how many."""
+        last_link = sa.func.coalesce(col(Subscriber.notice_sent_at), col(Subscriber.created_at))
+        with self.session() as s:
+            stale = list(
+                s.exec(
+                    select(Subscriber.id).where(
+                        Subscriber.status == Status.PENDING, last_link < before
+                    )
+                )
+            )
+        purged = sum(self.delete_subscriber(i, reason="unconfirmed") for i in stale if i)
+        return purged
+
+    def count_events(self, kind: str) -> int:
+        with self.session() as s:
+            return s.exec(
+                select(sa.func.count()).select_from(Event).where(Event.kind == kind)
+            ).one()
+
+    def set_vote(self, subscriber_id: int, paper_id: str, vote: int, *, now: datetime) -> None:
+        """One vote per subscriber and paper: a new vote replaces the old one."""
+        assert vote in (1, -1)
+        with self.session() as s:
+            s.exec(
+                sa.delete(Feedback).where(
+                    col(Feedback.subscriber_id) == subscriber_id, col(Feedback.paper_id) == paper_id
+                )
+            )
+            s.add(
+                Feedback(subscriber_id=subscriber_id, paper_id=paper_id, vote=vote, created_at=now)
+            )
+            s.commit()
+
+    def remove_vote(self, subscriber_id: int, paper_id: str) -> bool:
+        with self.session() as s:
+            result = s.exec(
+                sa.delete(Feedback).where(
+                    col(Feedback.subscriber_id) == subscriber_id, col(Feedback.paper_id) == paper_id
+                )
+            )
+            s.commit()
+            return bool(result.rowcount)
+
+    def votes(self, subscriber_id: int, *, limit: int = 200) -> list[tuple[Feedback, Paper | None]]:
+        """The subscriber's votes, newest first, with the paper when it is still stored."""
+        with self.session() as s:
+            rows = s.exec(
+                select(Feedback, PaperRow)
+                .join(PaperRow, col(PaperRow.id) == col(Feedback.paper_id), isouter=True)
+                .where(Feedback.subscriber_id == subscriber_id)
+                .order_by(col(Feedback.created_at).desc(), col(Feedback.id).desc())
+                .limit(limit)
+            )
+            return [(f, _paper(p) if p is not None else None) for f, p in rows]
+
+    def paper(self, paper_id: str) -> Paper | None:
+        with self.session() as s:
+            row = s.get(PaperRow, paper_id)
+            return _paper(row) if row is not None else None
 
 
 def _event_kind(status: Status) -> str:

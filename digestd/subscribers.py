@@ -16,6 +16,8 @@ from digestd.models import Frequency, PrefKind
 
 MAX_ITEMS = 20  # per kind of preference
 MAX_LENGTH = 200  # per phrase
+#: more would push the HTML past Gmail's ~102 KB clipping point (and nobody reads 50)
+MAX_PAPERS = 30
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _CATEGORY = re.compile(r"^[a-z\-]+(\.[A-Za-z\-]+)?$")
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -36,7 +38,10 @@ def normalise_email(raw: str) -> str:
 
 def _phrases(kind: str, values: Iterable[str]) -> tuple[str, ...]:
     out: list[str] = []
+    seen: set[str] = set()
     for raw in values:
+        if len(out) > MAX_ITEMS:
+            break  # refused below; never spend time on the rest of a flood
         if not isinstance(raw, str):
             raise InvalidInput(f"{kind}: each value must be text")
         v = " ".join(raw.split())
@@ -46,7 +51,8 @@ def _phrases(kind: str, values: Iterable[str]) -> tuple[str, ...]:
             raise InvalidInput(f"{kind} {v[:30]!r}…: longer than {MAX_LENGTH} characters")
         if kind == "category" and not _CATEGORY.match(v):
             raise InvalidInput(f"category {v!r}: not an arXiv category such as cs.LG")
-        if v.casefold() not in {o.casefold() for o in out}:
+        if v.casefold() not in seen:
+            seen.add(v.casefold())
             out.append(v)
     if len(out) > MAX_ITEMS:
         raise InvalidInput(f"at most {MAX_ITEMS} values for {kind}")
@@ -110,8 +116,12 @@ def make_input(
         if day[:3] not in {d[:3] for d in _DAYS}:
             raise InvalidInput(f"weekly day {weekly_day!r}: use a day name such as monday")
         weekly_day = [d[:3] for d in _DAYS].index(day[:3])
-    if isinstance(max_papers, bool) or not isinstance(max_papers, int) or not 1 <= max_papers <= 50:
-        raise InvalidInput("max papers: a whole number from 1 to 50")
+    if (
+        isinstance(max_papers, bool)
+        or not isinstance(max_papers, int)
+        or not 1 <= max_papers <= MAX_PAPERS
+    ):
+        raise InvalidInput(f"max papers: a whole number from 1 to {MAX_PAPERS}")
     if not isinstance(min_score, int | float) or not 0 <= min_score <= 1:
         raise InvalidInput("minimum score: a number from 0 to 1")
     return SubscriberInput(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HF_DAYS
+from tests.conftest import HF_DAYS, dump_database
 from tests.smtp_server import ThreadedSmtpServer
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -33,14 +32,6 @@ def digestd(tmp_path: Path) -> Run:
         )  # fmt: skip
 
     return run
-
-
-def dump(db: Path) -> str:
-    """Every row of every table: equal dumps mean nothing changed."""
-    if not db.exists():
-        return ""
-    with sqlite3.connect(db) as conn:
-        return "\n".join(conn.iterdump())
 
 
 def test_subscribe_list_unsubscribe(digestd: Run, write_config: Callable[..., Path]) -> None:
@@ -66,17 +57,17 @@ def test_subscribe_list_unsubscribe(digestd: Run, write_config: Callable[..., Pa
     ],
 )
 def test_bad_subscriber_input_is_refused_and_changes_nothing(
-    digestd: Run, write_config: Callable[..., Path], tmp_path: Path, args: list[str],
+    digestd: Run, write_config: Callable[..., Path], database_url: str, args: list[str],
     message: str,
 ) -> None:  # fmt: skip
     cfg = write_config()
     assert digestd("subscribe", "first@example.org", "--topic", "x", config=cfg).returncode == 0
-    before = dump(tmp_path / "digestd.db")
+    before = dump_database(database_url)
     r = digestd("subscribe", *args, config=cfg)
     assert r.returncode != 0
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "Traceback" not in r.stderr
-    assert dump(tmp_path / "digestd.db") == before
+    assert dump_database(database_url) == before
 
 
 def test_duplicate_subscription_is_refused(digestd: Run, write_config: Callable[..., Path]) -> None:
@@ -188,16 +179,16 @@ def test_example_config_is_valid_and_documents_every_key(digestd: Run, tmp_path:
 
 
 def test_broken_feed_file_is_an_error_and_stores_nothing(
-    digestd: Run, write_config: Callable[..., Path], tmp_path: Path, feed_dir: Path
+    digestd: Run, write_config: Callable[..., Path], database_url: str, feed_dir: Path
 ) -> None:
     cfg = write_config()
     assert digestd("fetch", "--date", "2026-08-14", config=cfg).returncode == 0
-    before = dump(tmp_path / "digestd.db")
+    before = dump_database(database_url)
     (feed_dir / "2026-08-17.json").write_text('[{"paper": {"id": "2608.1', encoding="utf-8")
     r = digestd("fetch", "--date", "2026-08-17", config=cfg)
     assert r.returncode != 0
     assert "2026-08-17.json" in r.stderr and "Traceback" not in r.stderr
-    assert dump(tmp_path / "digestd.db") == before
+    assert dump_database(database_url) == before
 
 
 def test_rank_prints_what_a_subscriber_would_receive(digestd: Run) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -35,8 +34,16 @@ async def services(
         yield s
 
 
-def subscribe(services: Services, email: str, *topics: str, status: Status = Status.ACTIVE) -> int:
-    sub = services.store.add_subscriber(make_input(email, topics=topics), status=status)
+def subscribe(
+    services: Services,
+    email: str,
+    *topics: str,
+    status: Status = Status.ACTIVE,
+    now: datetime = NOW1 - timedelta(days=1),
+    send_time: str = "07:00",
+) -> int:
+    data = make_input(email, topics=topics, send_time=send_time)
+    sub = services.store.add_subscriber(data, status=status, now=now)
     assert sub.id is not None
     return sub.id
 
@@ -159,9 +166,8 @@ async def test_permanent_failure_records_a_bounce(
     assert row is not None and row.status == DeliveryStatus.FAILED
     assert row.reply.startswith("550 5.1.1")
     assert services.store.subscriber("alice@example.org").status == Status.BOUNCED
-    db = sqlite3.connect(services.store.engine.url.database or "")
-    events = db.execute("SELECT kind, reason FROM events WHERE kind = 'bounce'").fetchall()
-    assert events == [("bounce", row.reply)]
+    event = services.store.last_event("bounce")
+    assert event is not None and (event.subscriber_id, event.reason) == (alice, row.reply)
     # A bounced subscriber gets nothing more.
     smtp_server.handler.rcpt_reply = None
     assert (await pipeline.send_period(services, DAY2, now=NOW2)).sent == 0
@@ -179,3 +185,63 @@ async def test_outbox_transport_writes_eml_and_html(
     html = eml.with_suffix(".html")
     assert b"PlayWorld" in eml.read_bytes()
     assert "<html" in html.read_text(encoding="utf-8")
+
+
+async def test_the_tick_sends_at_the_local_send_time_and_welcomes_new_confirmations(
+    services: Services, smtp_server: SmtpServer
+) -> None:
+    early = NOW1.replace(hour=5)  # 05:00 UTC on DAY1
+    await pipeline.fetch(services, DAY1, now=early - timedelta(hours=1))
+    # An operator adds Ada today before her 07:00: nothing for yesterday, today's at 07:00.
+    subscribe(services, "ada@example.org", "world models", now=early - timedelta(minutes=30))
+    # Bo signed up on the web at 04:00 and confirms at 05:00: a first digest right away.
+    bo = subscribe(services, "bo@example.org", "world models", status=Status.PENDING,
+                   now=early - timedelta(hours=1))  # fmt: skip
+    services.store.change_status(bo, Status.ACTIVE, reason="link", confirmed_at=early)
+
+    first = await pipeline.send_due(services, now=early + timedelta(seconds=30))
+    assert first.sent == 1
+    assert [m.rcpt_tos for m in smtp_server.handler.messages] == [["bo@example.org"]]
+    assert (await pipeline.send_due(services, now=NOW1.replace(hour=6, minute=59))).sent == 0
+    at_seven = await pipeline.send_due(services, now=NOW1.replace(hour=7))
+    # Bo's digest for today is done; Ada gets hers. Papers already sent to Bo stay sent.
+    assert at_seven.sent == 1
+    assert smtp_server.handler.messages[-1].rcpt_tos == ["ada@example.org"]
+    assert (await pipeline.send_due(services, now=NOW1.replace(hour=9))).sent == 0
+
+
+async def test_a_digest_without_matches_waits_for_papers_then_is_empty(
+    services: Services, smtp_server: SmtpServer, feed_dir: Path
+) -> None:
+    alice = subscribe(services, "alice@example.org", "latent world models")
+    for f in feed_dir.iterdir():
+        f.unlink()
+    shutil.copy(HF_DAYS / "2026-08-20.json", feed_dir / "2026-08-20.json")
+    seven = NOW2.replace(hour=7)
+    summary = await pipeline.send_due(services, now=seven)
+    assert summary.waiting == 1
+    row = services.store.delivery(alice, DAY2)
+    assert row is not None and row.status == DeliveryStatus.WAITING
+    # The day's papers arrive at 08:00; the next look after that sends them.
+    await pipeline.fetch(services, DAY2, now=NOW2)
+    later = await pipeline.send_due(services, now=seven + timedelta(minutes=61))
+    assert (
+        later.sent == 1
+        and "Decision-Metric Alignment" in smtp_server.handler.messages[0].data.decode()
+    )
+
+
+async def test_retries_stop_when_the_digest_is_too_old(
+    services: Services, smtp_server: SmtpServer
+) -> None:
+    alice = subscribe(services, "alice@example.org", "world models")
+    await pipeline.fetch(services, DAY1, now=NOW1.replace(hour=6))
+    smtp_server.handler.rcpt_reply = "421 4.3.2 System shutting down"
+    seven = NOW1.replace(hour=7)
+    assert (await pipeline.send_due(services, now=seven)).retry == 1
+    late = await pipeline.send_due(services, now=seven + timedelta(hours=20, minutes=1))
+    assert late.expired == 1
+    row = services.store.delivery(alice, DAY1)
+    assert row is not None and row.status == DeliveryStatus.EXPIRED
+    assert "421" in row.reply
+    assert smtp_server.handler.messages == []

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from digestd.errors import InvalidInput, NotFound
 from digestd.matcher import Match
@@ -15,6 +16,12 @@ from digestd.models import DeliveryStatus, Status
 from digestd.paper import Paper
 from digestd.store import Store
 from digestd.subscribers import make_input
+from tests.conftest import POSTGRES
+
+HEAD = sorted(
+    p.name[:4]
+    for p in (Path(__file__).parent.parent / "digestd" / "migrations" / "versions").glob("0*.py")
+)[-1]
 
 T0 = datetime(2026, 8, 14, 8, 0, tzinfo=UTC)
 DAY = date(2026, 8, 14)
@@ -22,9 +29,9 @@ LEASE = timedelta(minutes=10)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store.open(f"sqlite:///{tmp_path / 'db' / 'digestd.db'}")
-    yield s  # type: ignore[misc]
+def store(database_url: str) -> Iterator[Store]:
+    s = Store.open(database_url)
+    yield s
     s.close()
 
 
@@ -34,14 +41,28 @@ def add(store: Store, email: str = "a@example.org") -> int:
     return sub.id
 
 
-def test_open_migrates_a_new_file_in_wal_mode(store: Store, tmp_path: Path) -> None:
-    assert store.revision() == "0002"
-    db = sqlite3.connect(tmp_path / "db" / "digestd.db")
-    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+def test_open_migrates_a_new_database_to_the_models(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    assert store.revision() == HEAD
+    tables = set(sa.inspect(store.engine).get_table_names())
     assert {"subscribers", "preferences", "papers", "deliveries", "sent_papers", "feedback",
             "events", "alembic_version"} <= tables  # fmt: skip
+    # The migrations build exactly what the models declare: no drift either way.
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
     Store.open(store.url).close()  # migrating again is a no-op
+
+
+@pytest.mark.skipif(bool(POSTGRES), reason="SQLite only")
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'new' / 'digestd.db'}")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    store.close()
 
 
 def test_papers_are_stored_once_with_first_seen(store: Store) -> None:

@@ -1,0 +1,210 @@
+"""`digestd run`: web front, fetch job and send tick in one event loop; signals, sd_notify."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import uvicorn
+
+from digestd import config as config_mod
+from digestd import pipeline, sdnotify
+from digestd.config import Config
+from digestd.errors import ConfigError, DigestdError, FeedError
+from digestd.health import DaemonState, router
+from digestd.scheduler import Scheduler
+from digestd.services import Services
+from digestd.web import create_app
+from digestd.web.context import Web
+
+log = logging.getLogger(__name__)
+FETCH_RETRY_MAX = timedelta(minutes=30)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the daemon decides when the server stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.services = Services.build(config)
+        self.state = DaemonState(started=datetime.now(UTC), services=self.services)
+        self.stop_sending = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._busy = asyncio.Lock()  # held by a tick or fetch; a reload or stop waits for it
+        self._fetch_failures = 0
+        self.app = create_app(self.services, routers=[router(self.state)])
+        self.scheduler = Scheduler(self.fetch_job, self.tick_job)
+
+    # -- jobs (each is the top of a job: it logs and never raises) ----------------------------
+
+    async def fetch_job(self) -> None:
+        now = datetime.now(UTC)
+        self.state.last_fetch_attempt = now
+        try:
+            async with self._busy:
+                result = await pipeline.fetch(self.services, now.date(), now=now)
+        except FeedError as exc:
+            self._fetch_failures += 1
+            base = timedelta(seconds=self.config.schedule.fetch_retry_seconds)
+            delay = min(base * 2 ** min(self._fetch_failures - 1, 20), FETCH_RETRY_MAX)
+            self.state.last_fetch_error = str(exc)
+            log.error(
+                "fetch failed (%d in a row), retrying in %s: %s", self._fetch_failures, delay, exc
+            )
+            self.scheduler.retry_fetch(delay)
+            return
+        except Exception:
+            log.exception("fetch job failed")
+            return
+        self._fetch_failures = 0
+        self.state.last_fetch_ok = now
+        self.state.last_fetch_error = "; ".join(result.errors)
+        log.info("fetch: %d papers, %d new", result.seen, result.new)
+        try:
+            # Housekeeping rides on the fetch: requests nobody confirmed leave no address.
+            self.app.state.web.subscriptions.purge_unconfirmed(now=now)
+        except Exception:
+            log.exception("purging unconfirmed requests failed")
+
+    async def tick_job(self) -> None:
+        if self.stop_sending.is_set():
+            return
+        self.state.last_tick = datetime.now(UTC)
+        try:
+            async with self._busy:
+                await pipeline.send_due(self.services, stop=self.stop_sending)
+        except Exception:
+            log.exception("send tick failed")
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        web = self.config.web
+        server = _Server(
+            uvicorn.Config(
+                self.app,
+                host=web.host,
+                port=web.port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                server_header=False,
+                timeout_graceful_shutdown=5,
+                # One setting for proxies: X-Forwarded-For is believed only from these.
+                forwarded_allow_ips=list(web.trusted_proxies) or ["127.0.0.1"],
+            )
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        # Bound here, not by uvicorn: a taken port is then a clear error, not uvicorn's
+        # sys.exit() from inside a task.
+        try:
+            family = socket.AF_INET6 if ":" in web.host else socket.AF_INET
+            sock = socket.create_server((web.host, web.port), family=family, backlog=512)
+        except OSError as exc:
+            raise DigestdError(
+                f"cannot serve the web front on {web.host}:{web.port}: {exc.strerror}"
+            ) from None
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if serving.done():
+                raise DigestdError(f"the web front on {web.host}:{web.port} failed to start")
+            await asyncio.sleep(0.05)
+        self.scheduler.start(self.config.schedule)
+        self.state.scheduler_running = True
+        log.info(
+            "digestd running: web on http://%s:%d, %d source(s), fetch '%s', tick %ds",
+            web.host,
+            web.port,
+            len(self.config.sources),
+            self.config.schedule.fetch_cron,
+            self.config.schedule.tick_seconds,
+        )
+        sdnotify.notify("READY=1\nSTATUS=serving and sending")
+        watchdog = asyncio.create_task(self._watchdog())
+        await self._stop.wait()
+
+        # Stop taking work, let in-flight sends finish (bounded), then the scheduler, the web.
+        sdnotify.notify("STOPPING=1")
+        self.state.stopping = True
+        self.stop_sending.set()
+        grace = self.config.delivery.shutdown_grace_seconds
+        try:
+            async with asyncio.timeout(grace):
+                async with self._busy:
+                    pass
+        except TimeoutError:
+            log.warning(
+                "in-flight work did not finish within %ss; its claims will expire "
+                "and be taken over on the next start",
+                grace,
+            )
+        self.scheduler.shutdown()
+        self.state.scheduler_running = False
+        watchdog.cancel()
+        server.should_exit = True
+        await serving
+        await self.services.aclose()
+        log.info("digestd stopped")
+        return 0
+
+    def request_stop(self, why: str = "") -> None:
+        if not self._stop.is_set():
+            log.info("stopping (%s)", why or "requested")
+        self._stop.set()
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read config and templates; in-flight work finishes on the old ones."""
+        sdnotify.notify("RELOADING=1")
+        try:
+            new = config_mod.load(self.config_path)
+            if new.database_url != self.config.database_url or (
+                (new.web.host, new.web.port) != (self.config.web.host, self.config.web.port)
+            ):
+                raise ConfigError("database url and web address change only with a restart")
+            services = Services.build(new, store=self.services.store)
+        except DigestdError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            sdnotify.notify("READY=1")
+            return
+        async with self._busy:
+            old, self.services, self.config = self.services, services, new
+            self.state.services = services
+            self.app.state.services = services
+            limits = self.app.state.web.limits  # rate-limit counts survive a reload
+            self.app.state.web = Web.build(services)
+            self.app.state.web.limits = limits
+            self.scheduler.reschedule(new.schedule)
+        await old.aclose(close_store=False)
+        log.info("configuration and templates reloaded")
+        sdnotify.notify("READY=1")
+
+    async def _watchdog(self) -> None:
+        interval = sdnotify.watchdog_seconds()
+        if interval is None:
+            return
+        while True:
+            # Pinged from the event loop itself: a blocked loop stops the pings and systemd
+            # restarts the service.
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval / 2)
+
+
+async def run(config: Config, config_path: Path | None) -> int:
+    daemon = Daemon(config, config_path)
+    return await daemon.run()

@@ -1,0 +1,55 @@
+"""Prometheus metrics of one daemon: a registry per instance, never the global one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.sent = Counter("digestd_digests_sent", "Digests accepted by the relay", registry=r)
+        self.empty = Counter("digestd_digests_empty", "Periods with nothing to send", registry=r)
+        self.failed = Counter("digestd_digests_failed", "Digests given up", ["reason"], registry=r)
+        self.retried = Counter(
+            "digestd_digests_retried", "Temporary failures, to retry", ["reason"], registry=r
+        )
+        self.latency = Histogram(
+            "digestd_send_seconds",
+            "Time to deliver one digest to the relay",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.fetched = Counter("digestd_papers_fetched", "Papers fetched", ["source"], registry=r)
+        self.new_papers = Counter(
+            "digestd_papers_new", "Papers stored for the first time", ["source"], registry=r
+        )
+        self.fetch_failures = Counter(
+            "digestd_fetch_failures", "Failed fetches", ["source"], registry=r
+        )
+        self.last_fetch = Gauge(
+            "digestd_last_fetch_success_timestamp_seconds",
+            "Unix time of the last successful fetch",
+            registry=r,
+        )
+
+    def watch_subscribers(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Report subscribers by status, read from the database at each scrape."""
+        self.registry.register(_SubscriberCollector(counts))
+
+
+class _SubscriberCollector(Collector):
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "digestd_subscribers", "Subscribers by status", labels=["status"]
+        )
+        for status, n in sorted(self._counts().items()):
+            family.add_metric([status], n)
+        yield family

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from digestd import config as config_mod
+from digestd.store import Store
 from tests.smtp_server import ThreadedSmtpServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -57,9 +58,11 @@ class Daemon:
         return r.stdout
 
     def status(self, email: str) -> str:
-        with sqlite3.connect(self.db) as conn:
-            [(status,)] = conn.execute("SELECT status FROM subscribers WHERE email = ?", (email,))
-        return str(status)
+        store = Store(config_mod.load(self.config).database_url)
+        try:
+            return str(store.subscriber(email).status)
+        finally:
+            store.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ leaves only a count, the manage page's controls, and a relay that is down."""
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 
 from digestd import pipeline
@@ -18,11 +17,9 @@ T0 = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)
 
 def owners(site: Site, table: str) -> list[int | None]:
     """The subscriber_id of every row of ``table``."""
-    db = site.services.store.engine.url.database
-    assert db is not None
-    with sqlite3.connect(db) as conn:
+    with site.services.store.engine.connect() as conn:
         query = f"SELECT subscriber_id FROM {table}"  # noqa: S608 - fixed table names
-        return [r[0] for r in conn.execute(query)]
+        return [r[0] for r in conn.exec_driver_sql(query)]
 
 
 async def test_resend_interval_per_address(site: Site) -> None:

@@ -14,6 +14,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from digestd.models import Status
 from digestd.subscribers import make_input
+from tests.conftest import POSTGRES
 from tests.webtools import Site, a_digest, confirmed, link, site, token
 
 __all__ = ["site"]
@@ -111,7 +112,8 @@ async def test_links_of_a_deleted_subscriber_do_not_open_a_new_one(site: Site) -
     # SQLite hands the freed id to the next subscriber; the old link must not open it.
     await site.subscribe("bo@example.org")
     await site.client.post(link(site.messages[-1].parsed, "confirm"))
-    assert site.services.store.subscriber("bo@example.org").id == ada
+    if not POSTGRES:  # PostgreSQL sequences never hand an id out twice
+        assert site.services.store.subscriber("bo@example.org").id == ada
     page = await site.client.get(manage)
     assert page.status_code == 403 and "bo@example.org" not in page.text
 

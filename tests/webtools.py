@@ -4,7 +4,6 @@ to read the links out of the emails it received."""
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -20,6 +19,7 @@ from digestd import config as config_mod
 from digestd import pipeline
 from digestd.services import Services
 from digestd.web import create_app
+from tests.conftest import dump_database
 from tests.smtp_server import Received, SmtpServer
 
 BASE = "https://digest.example.org"
@@ -52,10 +52,7 @@ class Site:
 
     def dump(self) -> str:
         """Every row of every table: equal dumps mean nothing changed."""
-        db = self.services.store.engine.url.database
-        assert db is not None
-        with sqlite3.connect(db) as conn:
-            return "\n".join(conn.iterdump())
+        return dump_database(self.services.store.url)
 
 
 def site_client(app: FastAPI, ip: str = CLIENT_IP) -> httpx.AsyncClient:

@@ -65,8 +65,19 @@ class Scheduler:
         )
 
     def reschedule(self, cfg: ScheduleConfig) -> None:
-        self._sched.reschedule_job("fetch", trigger=_cron(cfg))
-        self._sched.reschedule_job("send", trigger=_interval(cfg))
+        """New triggers after a reload, keeping a run that is already due sooner.
+
+        reschedule_job() would recompute the next run from the new trigger alone, so a
+        reload right after start-up would drop the start-up fetch until the next cron time.
+        """
+        now = datetime.now(UTC)
+        for job_id, trigger in (("fetch", _cron(cfg)), ("send", _interval(cfg))):
+            job = self._sched.get_job(job_id)
+            upcoming = [trigger.get_next_fire_time(None, now)]
+            if job is not None and job.next_run_time is not None:
+                upcoming.append(job.next_run_time)
+            soonest = min(t for t in upcoming if t is not None)
+            self._sched.modify_job(job_id, trigger=trigger, next_run_time=soonest)
 
     @property
     def running(self) -> bool:

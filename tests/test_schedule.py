@@ -48,3 +48,22 @@ def test_after_downtime_only_the_latest_period_is_due() -> None:
     assert due_period(utc(2026, 8, 20, 9, 0), "07:00", "UTC", "daily") == (
         date(2026, 8, 20), utc(2026, 8, 20, 7, 0),
     )  # fmt: skip
+
+
+async def test_a_reload_keeps_a_run_that_is_due_sooner() -> None:
+    from digestd.config import ScheduleConfig
+    from digestd.scheduler import Scheduler
+
+    async def job() -> None:
+        return None
+
+    sched = Scheduler(job, job)
+    sched.start(ScheduleConfig(fetch_cron="15 3 * * *", tick_seconds=60))
+    sched._sched.pause()  # nothing runs while we look
+    before = sched._sched.get_job("fetch").next_run_time
+    sched.reschedule(ScheduleConfig(fetch_cron="15 4 * * *", tick_seconds=30))
+    after = sched._sched.get_job("fetch")
+    # The start-up fetch (due now) survives; later runs follow the new cron.
+    assert after.next_run_time == before
+    assert str(after.trigger) == "cron[month='*', day='*', day_of_week='*', hour='4', minute='15']"
+    sched.shutdown()

@@ -131,6 +131,7 @@ def _preferences(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--day", "weekly_day", default="monday", show_default=True, help="Weekly: which day.")
 @click.option("--max-papers", type=int, default=DEFAULT_MAX_PAPERS, show_default=True)
 @click.option("--min-score", type=float, default=DEFAULT_MIN_SCORE, show_default=True)
+@click.option("--empty-note", is_flag=True, help="Send a short note on days nothing matches.")
 @pass_ctx
 def subscribe(ctx: Context, /, email: str, **options: Any) -> None:
     """Add an active subscriber (the admin path: no confirmation email)."""

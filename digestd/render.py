@@ -182,6 +182,8 @@ class Renderer:
 def _subject(d: DigestInput) -> str:
     # %b is English: Python never calls setlocale() for LC_TIME unless asked to.
     day = d.period
+    if not d.matches:  # the "nothing matched" note a subscriber can ask for
+        return f"{d.site_name} — nothing new matched on {day:%b} {day.day}, {day.year}"
     return f"{d.site_name} — {_papers(len(d.matches))} for {day:%b} {day.day}, {day.year}"
 
 

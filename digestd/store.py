@@ -110,6 +110,7 @@ class Store:
             weekly_day=data.weekly_day,
             max_papers=data.max_papers,
             min_score=data.min_score,
+            empty_note=data.empty_note,
             created_at=now,
             confirmed_at=now if status == Status.ACTIVE else None,
             # Random, not 0: SQLite reuses the id of a deleted last row, and a link signed for
@@ -161,7 +162,7 @@ class Store:
                         "timezone": d.timezone, "frequency": d.frequency,
                         "weekly_day": d.weekly_day, "max_papers": d.max_papers,
                         "min_score": d.min_score, "token_version": secrets.randbelow(2**31),
-                        "empty_note": False, "created_at": now,
+                        "empty_note": d.empty_note, "created_at": now,
                         "confirmed_at": now if status == Status.ACTIVE else None,
                     }
                 )  # fmt: skip
@@ -606,7 +607,7 @@ class Store:
             if sub is None:
                 raise NotFound(f"no subscriber {subscriber_id}")
             for name in ("send_time", "timezone", "frequency", "weekly_day", "max_papers",
-                         "min_score"):  # fmt: skip
+                         "min_score", "empty_note"):  # fmt: skip
                 setattr(sub, name, getattr(data, name))
             s.add(sub)
             s.exec(sa.delete(Preference).where(col(Preference.subscriber_id) == subscriber_id))

@@ -72,6 +72,8 @@ class SubscriberInput:
     weekly_day: int = 0
     max_papers: int = DEFAULT_MAX_PAPERS
     min_score: float = DEFAULT_MIN_SCORE
+    #: a short "nothing matched" note on days without a match, instead of silence
+    empty_note: bool = False
 
     def preferences(self) -> list[tuple[PrefKind, tuple[str, ...]]]:
         return [
@@ -95,6 +97,7 @@ def make_input(
     weekly_day: int | str = 0,
     max_papers: int = DEFAULT_MAX_PAPERS,
     min_score: float = DEFAULT_MIN_SCORE,
+    empty_note: bool = False,
 ) -> SubscriberInput:
     """Validate everything a person typed; InvalidInput/InvalidAddress names the bad field."""
     address = normalise_email(email)
@@ -122,6 +125,8 @@ def make_input(
         or not 1 <= max_papers <= MAX_PAPERS
     ):
         raise InvalidInput(f"max papers: a whole number from 1 to {MAX_PAPERS}")
+    if not isinstance(empty_note, bool):
+        raise InvalidInput("empty note: true or false")
     if not isinstance(min_score, int | float) or not 0 <= min_score <= 1:
         raise InvalidInput("minimum score: a number from 0 to 1")
     return SubscriberInput(
@@ -136,6 +141,7 @@ def make_input(
         weekly_day=weekly_day,
         max_papers=max_papers,
         min_score=float(min_score),
+        empty_note=empty_note,
     )
 
 
@@ -151,6 +157,7 @@ IMPORT_KEYS = {
     "weekly_day",
     "max_papers",
     "min_score",
+    "empty_note",
 }
 
 
@@ -183,4 +190,5 @@ def from_record(record: Mapping[str, Any]) -> SubscriberInput:
         weekly_day=record.get("weekly_day", 0),
         max_papers=record.get("max_papers", DEFAULT_MAX_PAPERS),
         min_score=record.get("min_score", DEFAULT_MIN_SCORE),
+        empty_note=record.get("empty_note", False),
     )

@@ -204,6 +204,7 @@ class Subscriptions:
             "weekly_day": sub.weekly_day,
             "max_papers": sub.max_papers,
             "min_score": sub.min_score,
+            "empty_note": sub.empty_note,
         }
 
     def update(self, sub: Subscriber, fields: Mapping[str, Any]) -> Subscriber:

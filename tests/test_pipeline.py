@@ -41,8 +41,9 @@ def subscribe(
     status: Status = Status.ACTIVE,
     now: datetime = NOW1 - timedelta(days=1),
     send_time: str = "07:00",
+    empty_note: bool = False,
 ) -> int:
-    data = make_input(email, topics=topics, send_time=send_time)
+    data = make_input(email, topics=topics, send_time=send_time, empty_note=empty_note)
     sub = services.store.add_subscriber(data, status=status, now=now)
     assert sub.id is not None
     return sub.id
@@ -245,3 +246,18 @@ async def test_retries_stop_when_the_digest_is_too_old(
     assert row is not None and row.status == DeliveryStatus.EXPIRED
     assert "421" in row.reply
     assert smtp_server.handler.messages == []
+
+
+async def test_a_subscriber_who_asked_gets_a_short_note_when_nothing_matched(
+    services: Services, smtp_server: SmtpServer
+) -> None:
+    subscribe(services, "bob@example.org", "protein folding", empty_note=True)
+    subscribe(services, "cy@example.org", "protein folding")
+    await pipeline.fetch(services, DAY1, now=NOW1)
+    summary = await pipeline.send_period(services, DAY1, now=NOW1)
+    assert (summary.sent, summary.empty) == (1, 1)
+    [note] = smtp_server.handler.messages
+    assert note.rcpt_tos == ["bob@example.org"]
+    assert note.parsed["Subject"] == "Paper digest — nothing new matched on Aug 14, 2026"
+    assert "Nothing new matched your topics" in note.parsed.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert note.parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

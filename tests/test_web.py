@@ -90,6 +90,7 @@ async def test_the_whole_journey(site: Site) -> None:
             "timezone": "Europe/Berlin",
             "max_papers": "3",
             "min_score": "0.4",
+            "empty_note": "yes",
         },
     )
     assert saved.status_code == 303 and saved.headers["location"] == manage + "?done=saved"
@@ -99,12 +100,14 @@ async def test_the_whole_journey(site: Site) -> None:
     assert "PlayWorld: Benchmarking World Models with Agent Players" in preview
     assert "Title matches “world models”" in preview
     sub = site.services.store.subscriber("ada@example.org")
-    assert (sub.frequency, sub.send_time, sub.max_papers, sub.min_score) == (
+    assert (sub.frequency, sub.send_time, sub.max_papers, sub.min_score, sub.empty_note) == (
         "weekdays",
         "06:30",
         3,
         0.4,
+        True,
     )
+    assert 'name="empty_note" value="yes" checked' in page.text
 
     # The next digest follows the new topics (DAY1 is a Friday: a weekday).
     later = datetime.now(UTC)

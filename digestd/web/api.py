@@ -51,6 +51,7 @@ class Preferences(BaseModel):
     weekly_day: int | str = Field(default=0, description="weekly: 0 = Monday, or a day name")
     max_papers: int | None = Field(default=None, description="1 to 30; default from config")
     min_score: float | None = Field(default=None, description="0 to 1; default from config")
+    empty_note: bool = Field(default=False, description="a short note on days with no match")
 
 
 class SubscribeRequest(Preferences):
@@ -72,6 +73,7 @@ class PreferencesPatch(BaseModel):
     weekly_day: int | str | None = None
     max_papers: int | None = None
     min_score: float | None = None
+    empty_note: bool | None = None
 
 
 class Accepted(BaseModel):
@@ -100,6 +102,7 @@ class Subscription(BaseModel):
     weekly_day: int
     max_papers: int
     min_score: float
+    empty_note: bool
     votes: list[Vote]
 
 

@@ -54,6 +54,7 @@ def preferences(form: FormData, *, max_papers: int, min_score: float) -> dict[st
                                    "max papers: a whole number from 1 to 30")  # fmt: skip
     fields["min_score"] = _number(form, "min_score", float, min_score,
                                   "minimum score: a number from 0 to 1")  # fmt: skip
+    fields["empty_note"] = (_text(form, "empty_note") or [""])[-1] == "yes"
     return fields
 
 

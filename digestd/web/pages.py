@@ -47,7 +47,8 @@ def _defaults(web: Web) -> dict[str, object]:
     d = web.services.config.digest
     return forms.values(
         {"email": "", "send_time": "07:00", "timezone": "UTC", "frequency": "daily",
-         "weekly_day": 0, "max_papers": d.max_papers, "min_score": d.min_score}
+         "weekly_day": 0, "max_papers": d.max_papers, "min_score": d.min_score,
+         "empty_note": False}
     )  # fmt: skip
 
 

@@ -361,7 +361,9 @@ def test_html_is_email_safe(renderer: Renderer) -> None:
 
 def test_empty_digest_renders(renderer: Renderer) -> None:
     text, html = _bodies(_roundtrip(renderer.render(_input([]))))
-    assert "0 papers picked for you" in text and "No papers today." in html
+    # An empty digest is the opt-in "nothing matched" note.
+    assert "Nothing new matched your topics" in text and "No papers today." in html
+    assert "picked for you" not in text
 
 
 def test_override_dir_replaces_templates_by_name(tmp_path: Path) -> None:

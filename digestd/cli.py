@@ -252,6 +252,10 @@ def fetch(ctx: Context, day: str | None) -> None:
               show_default=True, help="At most this many papers.")  # fmt: skip
 @click.option("--min-score", type=click.FloatRange(0, 1), default=DEFAULT_MIN_SCORE,
               show_default=True, help="Only papers at least this; 0 lists all.")  # fmt: skip
+@click.option("--corpus", "corpus_paths", multiple=True, type=click.Path(path_type=Path),
+              help="Daily Papers JSON (file or folder, repeatable) that stands for the stored "
+              "papers: term rarity and acronyms. Default: the ranked papers and the bundled "
+              "sample days.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def rank(
     paths: tuple[Path, ...],
@@ -261,24 +265,29 @@ def rank(
     categories: tuple[str, ...],
     limit: int,
     min_score: float,
+    corpus_paths: tuple[Path, ...],
     as_json: bool,
 ) -> None:
     """Rank the papers of Daily Papers JSON for a profile: what such a subscriber would get."""
+    from digestd.matcher import Corpus
+
     if not (topics or authors or categories):
         raise InvalidInput("give at least one --topic, --author or --category")
     papers = [p for path in paths for p in jsonfile.load(path)]
+    background = corpus_paths or (config_mod.BUNDLED_PAPERS,)
+    corpus = Corpus.of([*papers, *(p for path in background for p in jsonfile.load(path))])
     profile = Profile(topics, exclude, authors, categories, max_papers=limit, min_score=min_score)
     if min_score == 0:
         # --min-score 0 lists every paper, matched or not, with its score.
         from digestd.matcher import Match
         from digestd.matcher import rank as rank_all
 
-        ranked = rank_all(papers, profile)
+        ranked = rank_all(papers, profile, corpus=corpus)
         seen = {m.paper.id for m in ranked}
         ranked += [Match(p, 0.0, "No match") for p in papers if p.id not in seen]
         ranked = ranked[:limit]
     else:
-        ranked = pipeline.rank_papers(papers, profile)
+        ranked = pipeline.rank_papers(papers, profile, corpus=corpus)
     if as_json:
         out = [
             {

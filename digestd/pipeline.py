@@ -17,7 +17,7 @@ from email.utils import parseaddr
 
 from digestd import feedback
 from digestd.errors import DigestdError, FeedError, PermanentDeliveryError, TemporaryDeliveryError
-from digestd.matcher import Match, Profile, rank, select
+from digestd.matcher import Corpus, Match, Profile, rank, select
 from digestd.models import DeliveryStatus, Status, Subscriber
 from digestd.paper import Paper
 from digestd.render import DigestInput
@@ -153,6 +153,8 @@ class _Run:
         self.now = now
         self._started = time.monotonic()
         self.papers = services.store.papers_seen_since(now - MAX_AGE)
+        # Term rarity and acronyms over the stored papers, once per run for every subscriber.
+        self.corpus = Corpus.of(p for p, _ in self.papers)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.stop = stop or asyncio.Event()
         d = services.config.delivery
@@ -177,7 +179,7 @@ class _Run:
         fresh = [p for p, seen in self.papers if seen > since]
         sent = store.sent_paper_ids(sub.id, (p.id for p in fresh))
         profile = profile_of(sub, prefs, feedback.voted_papers(store, sub.id))
-        return select(rank(fresh, profile, sent=sent), profile)
+        return select(rank(fresh, profile, sent=sent, corpus=self.corpus), profile)
 
 
 def digest_input(
@@ -434,6 +436,8 @@ def _preview_window(services: Services) -> timedelta:
     return timedelta(days=max(1, services.config.digest.lookback))
 
 
-def rank_papers(papers: Sequence[Paper], profile: Profile) -> list[Match]:
+def rank_papers(
+    papers: Sequence[Paper], profile: Profile, *, corpus: Corpus | None = None
+) -> list[Match]:
     """What ``digestd rank`` prints: the matcher's selection for ``profile``."""
-    return select(rank(papers, profile), profile)
+    return select(rank(papers, profile, corpus=corpus), profile)

@@ -47,7 +47,7 @@ def test_a_disliked_paper_pushes_similar_ones_down() -> None:
     before = {m.paper.id: m for m in base}
     after = {m.paper.id: m for m in disliked}
     assert after[ZETTA].score < before[ZETTA].score / 1.5
-    assert ids(disliked).index(ZETTA) > ids(base).index(ZETTA)
+    assert ids(disliked).index(ZETTA) >= ids(base).index(ZETTA)  # never up (may already be last)
     assert "lowered: similar to “Spatial Memory Agent" in after[ZETTA].why
     # Papers unlike the disliked one keep their scores.
     assert after["2608.18746"].score == before["2608.18746"].score

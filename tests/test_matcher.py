@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from digestd.matcher import Profile, match, name_key, rank, select, terms
+from digestd.matcher import Corpus, Profile, match, name_key, rank, select, terms
+from digestd.matching.corpus import definitions, subject_text
 from digestd.paper import Paper
 from digestd.sources import jsonfile
 from tests.conftest import HF_DAYS
@@ -22,6 +23,7 @@ def test_word_forms_meet() -> None:
     assert terms("Diffusion Language Models") == terms("diffusion language model")
     assert terms("agents acting") == terms("agent act")
     assert terms("studies") == terms("study")
+    assert terms("LLMs") == terms("LLM")  # an acronym's plural
 
 
 def test_phrase_in_title_beats_abstract_beats_scattered_words() -> None:
@@ -31,16 +33,17 @@ def test_phrase_in_title_beats_abstract_beats_scattered_words() -> None:
         paper("Planning", "The world is big. " + "filler " * 30 + "Two models.", id="2601.00003"),
     ]
     ranked = rank(papers, Profile(topics=("world models",), min_score=0))
-    assert [m.paper.id for m in ranked] == ["2601.00001", "2601.00002", "2601.00003"]
+    assert [m.paper.id for m in ranked][:2] == ["2601.00001", "2601.00002"]
     assert ranked[0].why == "Title matches “world models”"
     assert ranked[1].why == "Abstract mentions “world models”"
-    assert ranked[2].score < 0.35  # scattered words alone are not sent by default
+    scattered = [m for m in ranked if m.paper.id == "2601.00003"]
+    assert not scattered or scattered[0].score < 0.35  # scattered words are not sent
 
 
 def test_real_day_world_models() -> None:
     chosen = match(DAY, Profile(topics=("world models",)))
     ids = [m.paper.id for m in chosen]
-    assert set(ids[:3]) == {"2608.13049", "2608.13489", "2608.13552"}
+    assert {"2608.13049", "2608.13489", "2608.13552"} <= set(ids[:4])
     assert all(m.score >= 0.35 and m.why for m in chosen)
 
 
@@ -51,11 +54,18 @@ def test_nothing_relevant_means_nothing_selected() -> None:
 
 def test_followed_author_matches_accents_and_initials() -> None:
     p = paper("Something else entirely", authors=("Jiří Matas", "Ann Smith"))
-    for followed in ("Jiri Matas", "J. Matas", "jiří matas"):
+    for followed in ("Jiri Matas", "J. Matas", "jiří matas", "Matas, Jiří"):
         [m] = match([p], Profile(authors=(followed,)))
         assert m.why.startswith("By Jiří Matas") and m.score >= 0.9
     assert match([p], Profile(authors=("Karel Matas",))) == []
     assert name_key("Matas, Jiří") == name_key("Jiri Matas")
+
+
+def test_two_full_first_names_must_agree() -> None:
+    p = paper("Something", authors=("Shuo Yan",))
+    assert match([p], Profile(authors=("Shuicheng Yan",))) == []
+    assert match([p], Profile(authors=("S. Yan",)))  # an initial cannot tell them apart
+    assert match([paper("x", authors=("Xiao-Yang Liu",))], Profile(authors=("Xiaoyang Liu",)))
 
 
 def test_categories_alone_and_as_a_boost() -> None:
@@ -71,11 +81,12 @@ def test_exclusion_drops_papers_about_it_and_lowers_a_passing_mention() -> None:
     about = paper("Medical imaging with world models", id="2601.00001")
     twice = paper("World models", "medical imaging ... more medical imaging", id="2601.00002")
     once = paper("World models for robots", "unlike medical imaging, robots move", id="2601.00003")
-    ranked = rank(
-        [about, twice, once], Profile(topics=("world models",), exclude=("medical imaging",))
-    )
+    profile = Profile(topics=("world models",), exclude=("medical imaging",))
+    ranked = rank([about, twice, once], profile)
     assert [m.paper.id for m in ranked] == ["2601.00003"]
-    assert ranked[0].score == 0.5 and "excluded “medical imaging”" in ranked[0].why
+    assert ranked[0].score >= 0.35 and "excluded “medical imaging”" in ranked[0].why
+    without = rank([once], Profile(topics=("world models",)))[0]
+    assert ranked[0].score < without.score
 
 
 def test_already_sent_papers_are_never_ranked() -> None:
@@ -94,11 +105,89 @@ def test_ranking_is_deterministic_and_deduplicates() -> None:
     profile = Profile(topics=("video generation",))
     once = rank(DAY, profile)
     assert rank(list(reversed(DAY)) + DAY, profile) == once
+    corpus = Corpus.of(DAY)
+    assert rank(DAY, profile, corpus=corpus) == rank(DAY, profile, corpus=corpus)
 
 
 def test_keywords_and_summary_count_as_body_text() -> None:
     p = paper("Untitled", "nothing here", keywords=("KV cache",), summary="")
     [m] = match([p], Profile(topics=("KV cache",)))
-    assert m.score == 0.8
+    assert m.score >= 0.5 and m.why == "Keywords mention “KV cache”"
     q = replace(p, keywords=(), summary="It compresses the KV cache.")
-    assert match([q], Profile(topics=("kv cache",)))[0].score == 0.8
+    assert match([q], Profile(topics=("kv cache",)))[0].score >= 0.5
+
+
+# --- what the corpus teaches: acronyms and their long forms, learned, not listed by hand
+
+DEFINES = paper(
+    "Robots that listen",
+    "We train a vision-language-action (VLA) model and compare 3D Gaussian Splatting (3DGS) "
+    "with a Mixture-of-Experts (MoE) and retrieval-augmented generation (RAG).",
+    id="2601.00009",
+)
+
+
+def test_acronyms_are_learned_from_the_papers_that_define_them() -> None:
+    assert definitions(DEFINES.abstract) == [
+        ("vla", ("vision", "languag", "action")),
+        ("3dgs", ("3d", "gaussian", "splat")),
+        ("moe", ("mixtur", "", "expert")),
+        ("rag", ("retriev", "augment", "generat")),
+    ]
+    assert definitions("offloads the key-value cache (KV cache) to CPU") == [
+        ("kv", ("key", "valu"))
+    ]
+    assert definitions("as reported (Table 2) and (GPT-4o)") == []
+
+
+def test_an_acronym_finds_its_long_form_and_back() -> None:
+    spelled = paper("A Vision-Language-Action Model for Folding", "Cloth.", id="2601.00001")
+    short = paper("Faster 3DGS", "Rendering.", id="2601.00002")
+    corpus = Corpus.of([DEFINES, spelled, short])
+    [m] = match([spelled], Profile(topics=("VLA",)), corpus=corpus)
+    assert m.why == "Title matches “VLA” as “Vision-Language-Action”"
+    [m] = match([short], Profile(topics=("3D Gaussian splatting",)), corpus=corpus)
+    assert m.why == "Title matches “3D Gaussian splatting” as “3DGS”"
+    # A subscriber's lower-case "rag" is RAG: papers write it in capitals.
+    rag = paper("Retrieval-Augmented Generation for Law", "Cases.", id="2601.00003")
+    assert match([rag], Profile(topics=("rag",)), corpus=Corpus.of([DEFINES, rag]))
+    # Without a paper defining it, "VLA" is just three letters.
+    assert match([spelled], Profile(topics=("VLA",)), corpus=Corpus.of([spelled])) == []
+
+
+def test_a_paper_defining_the_acronym_otherwise_is_not_taken_for_it() -> None:
+    asr = "automatic speech recognition (ASR) systems"
+    attack = paper(
+        "Jailbreaks", "The attack success rate (ASR) is 90%. ASR rises.", id="2601.00002"
+    )
+    corpus = Corpus.of([paper("x", asr, id="2601.00001"), attack])
+    assert match([attack], Profile(topics=("automatic speech recognition",)), corpus=corpus) == []
+
+
+def test_phrases_keep_their_stop_words_and_skip_boilerplate() -> None:
+    videos = paper("Depth for Videos with Diffusion Priors", "Depth.", id="2601.00001")
+    assert not match([videos], Profile(topics=("video diffusion",)))
+    rewards = paper("Learning from Verifiable Rewards", "RL.", id="2601.00002")
+    assert match([rewards], Profile(topics=("learning with verifiable rewards",)))
+    text = "We segment cells. Code is available at https://github.com/x/y."
+    assert subject_text(text) == "We segment cells."
+    code = paper("Cell segmentation", text, id="2601.00003")
+    assert not match([code], Profile(topics=("code generation",)))
+
+
+def test_close_word_forms_from_the_corpus() -> None:
+    molecules = paper("Generating molecules", "A generative model of molecules.", id="2601.00001")
+    other = paper("Molecular generation", "Molecular graphs.", id="2601.00002")
+    corpus = Corpus.of([molecules, other])
+    ranked = rank([molecules], Profile(topics=("molecular generation",)), corpus=corpus)
+    assert ranked and ranked[0].score >= 0.35
+
+
+def test_a_passing_partial_match_says_which_words_met() -> None:
+    p = paper(
+        "Safety alignment for vision-language models",
+        "Unsafe outputs of VLMs under attack; safety guard models. Safety benchmarks.",
+    )
+    # "LLM" is a word most stored papers have: "safety" carries the phrase
+    [m] = rank([p], Profile(topics=("LLM safety",)), corpus=Corpus.of([*DAY, p]))
+    assert "“Safety”" in m.why and "“LLM safety”" in m.why

@@ -1,0 +1,101 @@
+"""A subscriber's written preferences scored against one paper: topics, authors, categories,
+exclusions. Feedback and semantic similarity are layered on top by `digestd.matcher`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from digestd.matching.authors import Name
+from digestd.matching.corpus import Corpus, Doc
+from digestd.matching.topics import Topic, combine, compile_topic, evidence
+
+#: a topic weaker than this is not worth a word in the explanation
+MENTION = 0.1
+AUTHOR = 0.95
+CATEGORY_ONLY = 0.6
+CATEGORY_BOOST = 0.1
+#: an excluded subject at least this strong drops the paper; weaker, it lowers it
+EXCLUDE_DROP = 0.85  # the phrase in the title, or said again and again
+EXCLUDE_LOWER = 0.5
+EXCLUDE_FACTOR = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """A profile compiled against a corpus, once per ranking."""
+
+    topics: tuple[Topic, ...]
+    exclude: tuple[Topic, ...]
+    authors: tuple[tuple[Name, str], ...]
+    categories: frozenset[str]
+    corpus: Corpus
+
+    @classmethod
+    def compile(
+        cls,
+        corpus: Corpus,
+        topics: Sequence[str],
+        exclude: Sequence[str] = (),
+        authors: Sequence[str] = (),
+        categories: Sequence[str] = (),
+    ) -> Preferences:
+        return cls(
+            tuple(t for t in (compile_topic(x, corpus) for x in topics) if t.forms),
+            tuple(t for t in (compile_topic(x, corpus) for x in exclude) if t.forms),
+            tuple((Name.of(a), a) for a in authors if Name.of(a).last),
+            frozenset(c.casefold() for c in categories),
+            corpus,
+        )
+
+
+def interest(doc: Doc, prefs: Preferences) -> tuple[float, list[str], str]:
+    """The paper's score in [0, 1] for the topics, authors and categories, the reasons worth
+    saying, and the best topic's reason however weak (for a paper with nothing better)."""
+    reasons: list[str] = []
+    hits = sorted(
+        (
+            (e.score, e.why)
+            for e in (evidence(doc, t, prefs.corpus) for t in prefs.topics)
+            if e.score > 0
+        ),
+        reverse=True,
+    )
+    s = combine([h[0] for h in hits])
+    reasons += [why for s_, why in hits[:2] if s_ >= MENTION]
+    for author in doc.paper.authors:
+        name = Name.of(author)
+        who = next((w for n, w in prefs.authors if n.is_(name)), None)
+        if who is not None:
+            s = max(s, AUTHOR) + 0.02
+            same = " ".join(who.split()).casefold() == " ".join(author.split()).casefold()
+            reasons.insert(0, f"by {author}" + ("" if same else f" (you follow {who})"))
+            break
+    cats = [c for c in doc.paper.categories if c.casefold() in prefs.categories]
+    if cats:
+        s = max(s, CATEGORY_ONLY) if not prefs.topics else s + CATEGORY_BOOST * (1 - s)
+        reasons.append("in " + ", ".join(cats))
+    return min(s, 1.0), reasons, hits[0][1] if hits else ""
+
+
+def exclusion(doc: Doc, prefs: Preferences) -> tuple[float, str]:
+    """A factor for the score: 0 for a paper mainly about an excluded subject, less than 1
+    (with a reason) for one that deals with it in part, 1 for a passing mention or none."""
+    factor, why = 1.0, ""
+    for topic in prefs.exclude:
+        e = evidence(doc, topic, prefs.corpus)
+        if e.score >= EXCLUDE_DROP:
+            return 0.0, ""
+        if e.score >= EXCLUDE_LOWER:
+            factor, why = EXCLUDE_FACTOR, f"lowered: mentions excluded “{topic.text}”"
+    return factor, why
+
+
+def score(doc: Doc, prefs: Preferences) -> tuple[float, list[str]]:
+    """Interest times exclusion, with the reasons."""
+    s, reasons, weak = interest(doc, prefs)
+    reasons = reasons or ([weak] if weak else [])
+    factor, why = exclusion(doc, prefs)
+    if why and s > 0:
+        reasons.append(why)
+    return s * factor, reasons if factor else []

@@ -1,0 +1,185 @@
+"""Words of titles, abstracts and topics: folded, stemmed, positioned, traceable to the text.
+
+A `Field` is one piece of a paper (its title, its abstract, its AI keywords and summary) as
+the matcher reads it: content words only (stop words drop out, so "learning with verifiable
+rewards" and "learning from verifiable rewards" are the same phrase), each with its stem,
+its position among the content words, and where it sits in the original text, so that an
+explanation can quote the paper's own wording.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import snowballstemmer
+
+_STOPWORDS = (
+    "a an and are as at be by for from in into is it its of on or the to with via use using "
+    "used towards toward new our we this that these those their can which while than"
+)
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+#: "LLMs", "VLAs", "MLLMs": an acronym's plural s is not part of it
+ACRONYM_PLURAL = re.compile(r"^([0-9]*[A-Z][A-Z0-9]*[A-Z0-9])s$")
+_STEMMER = snowballstemmer.stemmer("english")
+#: stems of words that say nothing about a subject ("tool use" is about tools)
+STOP = frozenset(str(_STEMMER.stemWord(w)) for w in _STOPWORDS.split())
+
+
+def fold(text: str) -> str:
+    """Accents off and case folded: 'Björn' and 'bjorn' read the same."""
+    plain = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in plain if not unicodedata.combining(c)).casefold()
+
+
+@functools.lru_cache(maxsize=131072)
+def stem(word: str) -> str:
+    """Porter2 (Snowball) stem of a folded word, cached: papers repeat a few thousand words."""
+    return str(_STEMMER.stemWord(word))
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    stem: str
+    start: int  # character offsets in the field's text
+    end: int
+    #: written with two or more capitals ("RLVR", "MoE", "KV"): likely an acronym
+    caps: bool
+
+
+def tokens(text: str) -> list[Token]:
+    """Every word of ``text`` (stop words included), stemmed, with its offsets."""
+    out = []
+    for m in _WORD.finditer(text):
+        raw = m.group()
+        plural = ACRONYM_PLURAL.match(raw)
+        if plural:
+            raw = plural.group(1)
+        caps = sum(c.isupper() for c in raw) >= 2
+        out.append(Token(stem(fold(raw)), m.start(), m.start() + len(raw), caps))
+    return out
+
+
+def terms(text: str) -> list[str]:
+    """Stemmed, case-folded words of ``text`` (stop words kept)."""
+    return [t.stem for t in tokens(text)]
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    start: int  # content-word positions, end exclusive
+    end: int
+
+
+class Field:
+    """One text of a paper, indexed by the stems of its content words.
+
+    Every word has a position; stop words are not indexed, but a phrase may name one
+    (an empty set of stems in a form: "learning with rewards" ~ "learning from rewards").
+    """
+
+    __slots__ = ("_ends", "index", "length", "offsets", "stops", "text")
+
+    def __init__(self, segments: Iterable[str]) -> None:
+        parts: list[str] = []
+        self.offsets: list[tuple[int, int]] = []  # per position: its character span in text
+        self.index: dict[str, list[int]] = {}
+        self.stops: set[int] = set()
+        self._ends: dict[tuple[str, int], int] = {}
+        pos = 0
+        base = 0
+        for segment in segments:
+            previous: Token | None = None
+            for tok in tokens(segment):
+                self.offsets.append((base + tok.start, base + tok.end))
+                if tok.stem in STOP or not tok.stem:
+                    self.stops.add(pos)
+                    previous = None
+                    pos += 1
+                    continue
+                self._add(tok.stem, pos, pos + 1)
+                # "pre-training" is also "pretraining", "multi-agent" also "multiagent"
+                if previous is not None and segment[previous.end : tok.start] == "-":
+                    joined = stem(fold(segment[previous.start : tok.end].replace("-", "")))
+                    self._add(joined, pos - 1, pos + 1)
+                previous = tok
+                pos += 1
+            parts.append(segment)
+            base += len(segment) + 3
+            pos += 2  # a gap: no phrase runs from one keyword (or segment) into the next
+            self.offsets += [(base - 3, base - 3)] * 2
+        self.text = " | ".join(parts)
+        self.length = pos
+
+    def _add(self, stem_: str, start: int, end: int) -> None:
+        self.index.setdefault(stem_, []).append(start)
+        self._ends[(stem_, start)] = end
+
+    def __contains__(self, stem_: str) -> bool:
+        return stem_ in self.index
+
+    def count(self, stems: Iterable[str]) -> int:
+        return sum(len(self.index.get(s, ())) for s in stems)
+
+    def phrases(self, form: Sequence[frozenset[str]]) -> list[Span]:
+        """Where the words of ``form`` stand one after the other (each word any of its stems)."""
+        found: list[Span] = []
+        if not form:
+            return found
+        for first in form[0]:
+            for start in self.index.get(first, ()):
+                end = self._follow(form, 1, self._ends[(first, start)])
+                if end is not None:
+                    found.append(Span(start, end))
+        found.sort(key=lambda s: s.start)
+        return found
+
+    def _follow(self, form: Sequence[frozenset[str]], i: int, at: int) -> int | None:
+        if i == len(form):
+            return at
+        if not form[i]:  # any stop word
+            return self._follow(form, i + 1, at + 1) if at in self.stops else None
+        for s in form[i]:
+            if (s, at) in self._ends:
+                end = self._follow(form, i + 1, self._ends[(s, at)])
+                if end is not None:
+                    return end
+        return None
+
+    def window(self, form: Sequence[frozenset[str]]) -> Span | None:
+        """The shortest stretch holding every word of ``form`` in any order, if any."""
+        lists = []
+        for alternatives in form:
+            if not alternatives:
+                continue
+            ps = sorted(p for s in alternatives for p in self.index.get(s, ()))
+            if not ps:
+                return None
+            lists.append(ps)
+        events = sorted((p, i) for i, ps in enumerate(lists) for p in ps)
+        need = len(lists)
+        have: dict[int, int] = {}
+        best: Span | None = None
+        left = 0
+        for right in range(len(events)):
+            have[events[right][1]] = have.get(events[right][1], 0) + 1
+            while len(have) == need:
+                span = Span(events[left][0], events[right][0] + 1)
+                if best is None or span.end - span.start < best.end - best.start:
+                    best = span
+                w = events[left][1]
+                have[w] -= 1
+                if not have[w]:
+                    del have[w]
+                left += 1
+        return best
+
+    def quote(self, span: Span, limit: int = 60) -> str:
+        """The field's own words for a span of content positions."""
+        start = self.offsets[span.start][0]
+        end = self.offsets[span.end - 1][1]
+        words = " ".join(self.text[start:end].split())
+        return words if len(words) <= limit else words[:limit].rsplit(" ", 1)[0] + "…"

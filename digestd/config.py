@@ -8,6 +8,7 @@ the example file and prints ``digestd check-config``; nothing else knows the key
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tomllib
@@ -625,7 +626,7 @@ def example_toml() -> str:
             table = opt.table
             lines += ["", f"[{table}]"]
         lines.append(f"# {opt.help}")
-        lines.append(f"{opt.key} = {_toml_value(opt.default)}")
+        lines.append(f"{opt.key} = {toml_value(opt.default)}")
     lines += [
         "",
         "# Where papers come from; repeat [[sources]] for several. Without any [[sources]]",
@@ -645,9 +646,10 @@ def example_toml() -> str:
     return "\n".join(lines)
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """``v`` written as a TOML value (bool, number or basic string)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return json.dumps(str(v), ensure_ascii=False)  # a JSON string is a TOML basic string

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from digestd.config import toml_value
 from tests.smtp_server import smtp_server, smtp_server_thread
 
 __all__ = ["smtp_server", "smtp_server_thread"]
@@ -67,14 +68,6 @@ def feed_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 @pytest.fixture
 def write_config(tmp_path: Path, feed_dir: Path, database_url: str) -> Callable[..., Path]:
     """Write a config file over temp paths; keyword ``table__key=value`` overrides a value."""
@@ -95,8 +88,8 @@ def write_config(tmp_path: Path, feed_dir: Path, database_url: str) -> Callable[
         lines = []
         for table, body in tables.items():
             lines.append(f"[{table}]")
-            lines += [f"{k} = {_toml(v)}" for k, v in body.items()]
-        lines += ["[[sources]]", 'type = "json"', f"path = {_toml(feed_dir)}"]
+            lines += [f"{k} = {toml_value(v)}" for k, v in body.items()]
+        lines += ["[[sources]]", 'type = "json"', f"path = {toml_value(feed_dir)}"]
         path = tmp_path / "digestd.toml"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path

@@ -34,6 +34,7 @@ import pytest
 
 from digestd import config as config_mod
 from digestd import pipeline
+from digestd.config import toml_value
 from digestd.models import Status
 from digestd.schedule import due_period, send_moment
 from digestd.services import Services
@@ -115,14 +116,6 @@ def write_feed(path: Path, day: str, ids: tuple[str, ...]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(keep), encoding="utf-8")
     return path
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
 def ledger(db: Path, period: date | None = None) -> Counter[str]:
@@ -388,10 +381,10 @@ class Setup:
         lines = []
         for table, body in tables.items():
             lines.append(f"[{table}]")
-            lines += [f"{k} = {_toml(v)}" for k, v in body.items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in body.items()]
         for source in sources or [{"type": "json", "path": str(self.feed)}]:
             lines.append("[[sources]]")
-            lines += [f"{k} = {_toml(v)}" for k, v in source.items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in source.items()]
         path = self.tmp / "digestd.toml"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path
@@ -889,9 +882,9 @@ def test_dst_changes_through_the_ledger(tmp_path: Path) -> None:
     local date gets exactly one ledger row, at the first tick at or after its send moment."""
     db = tmp_path / "d.db"
     (tmp_path / "digestd.toml").write_text(
-        f"[database]\nurl = {_toml(f'sqlite:///{db}')}\n"
-        f"[outbox]\npath = {_toml(tmp_path / 'outbox')}\n"
-        f"[web]\nsecret_key_file = {_toml(tmp_path / 'key')}\n"
+        f"[database]\nurl = {toml_value(f'sqlite:///{db}')}\n"
+        f"[outbox]\npath = {toml_value(tmp_path / 'outbox')}\n"
+        f"[web]\nsecret_key_file = {toml_value(tmp_path / 'key')}\n"
         "[schedule]\nwait_minutes = 0\n",
         encoding="utf-8",
     )

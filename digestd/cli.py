@@ -74,7 +74,10 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
     # Under systemd the journal stamps every line already.
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     logging.basicConfig(level=level, format=stamp + "%(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "apscheduler", "httpx", "uvicorn.error", "aiosmtplib"):
+    # aiosmtpd's "mail.log" names every sender and recipient at INFO (logs carry ids only);
+    # flufl.bounce logs each of its detectors at INFO.
+    for noisy in ("alembic", "apscheduler", "httpx", "uvicorn.error", "aiosmtplib", "mail.log",
+                  "flufl.bounce"):  # fmt: skip
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     ctx.obj = Context(config_path)
 
@@ -87,6 +90,13 @@ def check_config(ctx: Context) -> None:
     width = max(len(k) for k, _, _ in rows)
     for key, value, origin in rows:
         click.echo(f"{key:<{width}}  {value}  ({origin})")
+    if ctx.config.dkim.enabled:
+        from digestd.dkim import DkimSigner
+
+        signer = DkimSigner.load(ctx.config.dkim)
+        assert signer is not None
+        click.echo(f"\nDKIM: publish this TXT record ({signer.bits}-bit RSA key):")
+        click.echo(signer.zone_entry())
 
 
 @cli.command("example-config")

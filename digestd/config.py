@@ -100,6 +100,30 @@ class WebConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundConfig:
+    enabled: bool = False
+    #: "HOST:PORT" or "unix:/path/to/socket"
+    listen: str = "127.0.0.1:8025"
+    #: the mail domain the MTA hands to digestd; resolved from [smtp] from when left empty
+    domain: str = "example.org"
+    max_message_bytes: int = 1_048_576
+    #: answers (confirmations, help) to one sender per hour
+    answers_per_hour: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class DkimConfig:
+    selector: str = ""
+    #: the d= domain; resolved from [smtp] from when left empty
+    domain: str = "example.org"
+    private_key_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.selector and self.private_key_file)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     database_url: str
     smtp: SmtpConfig
@@ -110,6 +134,8 @@ class Config:
     templates: Path | None
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig())
     delivery: DeliveryConfig = field(default_factory=lambda: DeliveryConfig())
+    inbound: InboundConfig = field(default_factory=lambda: InboundConfig())
+    dkim: DkimConfig = field(default_factory=lambda: DkimConfig())
     #: "table.key" → where the effective value came from ("default", "file …", "env …")
     origins: Mapping[str, str] = field(default_factory=dict, compare=False)
     #: "table.key" → the parsed value, as check-config shows it (secrets redacted there)
@@ -207,6 +233,35 @@ def _mailto(v: Any) -> str:
     s = _str(v)
     if s and not re.fullmatch(r"mailto:[^\s<>@]+@[^\s<>@]+", s):
         raise ValueError('must be empty or "mailto:address@domain"')
+    return s
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
+def _domain(v: Any) -> str:
+    s = _str(v).strip().lower().rstrip(".")
+    if s and not _DOMAIN.fullmatch(s):
+        raise ValueError("must be empty or a domain name such as example.org")
+    return s
+
+
+def _selector(v: Any) -> str:
+    s = _str(v).strip()
+    if s and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9-]+)*", s):
+        raise ValueError("must be empty or a DNS label such as digest2026")
+    return s
+
+
+def _listen(v: Any) -> str:
+    s = _str(v).strip()
+    if s.startswith("unix:"):
+        if not s.removeprefix("unix:").startswith("/"):
+            raise ValueError('must be "unix:/absolute/path" or "HOST:PORT"')
+        return s
+    host, _, port = s.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError('must be "HOST:PORT" (e.g. "127.0.0.1:8025") or "unix:/path"')
     return s
 
 
@@ -415,6 +470,22 @@ SCHEMA: tuple[Option, ...] = (
            "other permanent failures before a subscriber is marked bounced"),
     Option("delivery", "shutdown_grace_seconds", 30.0, _float(0, 3600),
            "on SIGTERM, how long in-flight sends may take before the daemon exits"),
+    Option("inbound", "enabled", False, _bool,
+           "listen for mail (LMTP behind the MTA): commands, replies, bounces, complaints"),
+    Option("inbound", "listen", "127.0.0.1:8025", _listen,
+           'LMTP listener: "HOST:PORT" or "unix:/path/to/socket" (changes need a restart)'),
+    Option("inbound", "domain", "", _domain,
+           "mail domain the MTA hands to digestd; empty: the domain of [smtp].from"),
+    Option("inbound", "max_message_bytes", 1_048_576, _int(65536, 50_000_000),
+           "largest message accepted over LMTP; larger ones are refused (552)"),
+    Option("inbound", "answers_per_hour", 5, _int(1, 1000),
+           "answers (confirmations, help) one sender may get per hour"),
+    Option("dkim", "selector", "", _selector,
+           "DKIM selector; with private_key_file set, every outgoing message is signed"),
+    Option("dkim", "domain", "", _domain,
+           "DKIM signing domain (d=); empty: the domain of [smtp].from"),
+    Option("dkim", "private_key_file", "", _path,
+           "PEM RSA private key (2048 bits) for DKIM signing; check-config prints the TXT record"),
 )  # fmt: skip
 
 SOURCE_KEYS: dict[str, str] = {
@@ -483,6 +554,10 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
             ) from None
         origins["smtp.password"] = f"file {pw_path}"
 
+    if bool(values["dkim.selector"]) != bool(values["dkim.private_key_file"]):
+        raise ConfigError(f"{where}: [dkim] selector and private_key_file must be set together")
+    from_domain = _address_domain(values["smtp.from"])
+
     sources = _sources(raw.get("sources"), where)
     origins["sources"] = f"file {where}" if "sources" in raw else "default (bundled papers)"
 
@@ -541,9 +616,29 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
             bounce_limit=values["delivery.bounce_limit"],
             shutdown_grace_seconds=values["delivery.shutdown_grace_seconds"],
         ),
+        inbound=InboundConfig(
+            enabled=values["inbound.enabled"],
+            listen=values["inbound.listen"],
+            domain=values["inbound.domain"] or from_domain,
+            max_message_bytes=values["inbound.max_message_bytes"],
+            answers_per_hour=values["inbound.answers_per_hour"],
+        ),
+        dkim=DkimConfig(
+            selector=values["dkim.selector"],
+            domain=values["dkim.domain"] or from_domain,
+            private_key_file=(
+                Path(values["dkim.private_key_file"]) if values["dkim.private_key_file"] else None
+            ),
+        ),
         origins=origins,
         values=values,
     )
+
+
+def _address_domain(address: str) -> str:
+    from email.utils import parseaddr
+
+    return parseaddr(address)[1].rpartition("@")[2].lower()
 
 
 def _sources(raw: Any, where: str) -> tuple[SourceConfig, ...]:

@@ -18,6 +18,7 @@ from digestd import pipeline, sdnotify
 from digestd.config import Config
 from digestd.errors import ConfigError, DigestdError, FeedError
 from digestd.health import DaemonState, router
+from digestd.inbound import lmtp
 from digestd.scheduler import Scheduler
 from digestd.services import Services
 from digestd.web import create_app
@@ -125,6 +126,12 @@ class Daemon:
             if serving.done():
                 raise DigestdError(f"the web front on {web.host}:{web.port} failed to start")
             await asyncio.sleep(0.05)
+        try:  # [inbound]: the LMTP listener, after the web front (None when disabled)
+            inbound = await lmtp.start(self.config.inbound, lambda: self.services)
+        except DigestdError:
+            server.should_exit = True
+            await serving
+            raise
         self.scheduler.start(self.config.schedule)
         self.state.scheduler_running = True
         log.info(
@@ -159,6 +166,8 @@ class Daemon:
         watchdog.cancel()
         server.should_exit = True
         await serving
+        if inbound is not None:
+            await inbound.stop()
         await self.services.aclose()
         log.info("digestd stopped")
         return 0

@@ -11,7 +11,7 @@ import os
 import re
 import ssl
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -24,6 +24,12 @@ from digestd.config import SmtpConfig
 from digestd.errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 
 log = logging.getLogger(__name__)
+#: turns the serialised message into the one to send, e.g. with a DKIM signature on top
+Sign = Callable[[bytes], bytes]
+
+
+def _unsigned(data: bytes) -> bytes:
+    return data
 
 
 class Mailer(Protocol):
@@ -98,8 +104,15 @@ class _Pacer:
 class SmtpMailer:
     """Sends through one relay over at most ``pool_size`` reused connections."""
 
-    def __init__(self, config: SmtpConfig, *, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        config: SmtpConfig,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        sign: Sign | None = None,
+    ) -> None:
         self._config = config
+        self._sign = sign or _unsigned
         self._tls_context = tls_context
         self._slots = asyncio.Semaphore(max(1, config.pool_size))
         self._idle: list[aiosmtplib.SMTP] = []  # LIFO: the most recently used is least stale
@@ -116,7 +129,7 @@ class SmtpMailer:
             raise PermanentDeliveryError("envelope address is not a bare addr-spec")
         utf8 = not (sender + "".join(recipients)).isascii()
         # Serialising costs more CPU than the send; do it before holding a connection.
-        flat = flatten_message(message, utf8=utf8)
+        flat = self._sign(flatten_message(message, utf8=utf8))
         await self._pacer.wait()
         try:
             # aiosmtplib's own timeouts apply per socket operation; this bounds the whole send.
@@ -148,7 +161,7 @@ class SmtpMailer:
                         "the relay does not offer SMTPUTF8 (needed for a non-ASCII address)"
                     )
                 if not client.supports_extension("8bitmime") and not flat.isascii():
-                    flat = flatten_message(message, utf8=utf8, cte_type="7bit")
+                    flat = self._sign(flatten_message(message, utf8=utf8, cte_type="7bit"))
                 try:
                     await self._mail(client, flat, sender, utf8)
                 except aiosmtplib.SMTPServerDisconnected:
@@ -259,8 +272,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 class OutboxMailer:
     """Writes each message into a folder as ``.eml`` plus its HTML part as ``.html``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, sign: Sign | None = None) -> None:
         self._path = path
+        self._sign = sign or _unsigned
 
     async def send(self, message: EmailMessage, *, sender: str, recipients: Sequence[str]) -> str:
         try:
@@ -275,7 +289,7 @@ class OutboxMailer:
         return None
 
     def _write(self, message: EmailMessage, recipients: Sequence[str]) -> Path:
-        data = message.as_bytes(policy=email.policy.default)  # LF: friendlier on disk
+        data = self._sign(message.as_bytes(policy=email.policy.default))  # LF: friendlier on disk
         key = str(message.get("Message-ID", "")).strip().encode() or data
         digest = hashlib.sha256(key).hexdigest()[:16]
         self._path.mkdir(parents=True, exist_ok=True)

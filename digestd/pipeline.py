@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import parseaddr
+from email.utils import formataddr, parseaddr
 
 from digestd import feedback
 from digestd.errors import DigestdError, FeedError, PermanentDeliveryError, TemporaryDeliveryError
+from digestd.inbound.addresses import Addresses
 from digestd.matcher import Corpus, Match, Profile, rank, select
 from digestd.models import DeliveryStatus, Status, Subscriber
 from digestd.paper import Paper
@@ -134,7 +135,14 @@ def _domain(services: Services) -> str:
     return parseaddr(services.config.smtp.from_)[1].rpartition("@")[2].lower()
 
 
-def envelope_sender(services: Services) -> str:
+def envelope_sender(
+    services: Services, subscriber_id: int | None = None, delivery_id: int | None = None
+) -> str:
+    """MAIL FROM: for a digest with [inbound] enabled, a VERP address whose signed token names
+    the subscriber and the delivery, so a later bounce is matched to both; else From's."""
+    addresses = Addresses.of(services.config, services.signer)
+    if addresses is not None and subscriber_id is not None and delivery_id is not None:
+        return addresses.bounce(subscriber_id, delivery_id)
     return parseaddr(services.config.smtp.from_)[1]
 
 
@@ -189,12 +197,21 @@ def digest_input(
     matches: Sequence[Match],
     message_id: str,
     now: datetime,
+    delivery_id: int | None = None,
 ) -> DigestInput:
     assert sub.id is not None
     cfg = services.config
     base = cfg.web.base_url
     signer = services.signer
     site = cfg.digest.site_name
+    # With [inbound] on, replies go to an address naming this delivery ("more 3" means its
+    # third paper) and List-Unsubscribe's mailto unsubscribes on receipt.
+    reply_to, mailto = "", cfg.digest.unsubscribe_mailto
+    addresses = Addresses.of(cfg, signer)
+    if addresses is not None:
+        mailto = f"mailto:{addresses.unsubscribe(sub.id, sub.token_version)}?subject=unsubscribe"
+        if delivery_id is not None:
+            reply_to = formataddr((site, addresses.reply(sub.id, sub.token_version, delivery_id)))
     return DigestInput(
         to=sub.email,
         sender=cfg.smtp.from_,
@@ -205,7 +222,8 @@ def digest_input(
         manage_url=f"{base}/manage/{signer.make('manage', sub.id, sub.token_version)}",
         unsubscribe_url=f"{base}/unsubscribe/"
         + signer.make("unsubscribe", sub.id, sub.token_version),
-        unsubscribe_mailto=cfg.digest.unsubscribe_mailto,
+        unsubscribe_mailto=mailto,
+        reply_to=reply_to,
         date=now,
         site_name=site,
         feedback_urls=feedback.urls(signer, base, sub.id, sub.token_version, matches),
@@ -342,10 +360,10 @@ async def _send_one(
         if not delivery.message_id:
             store.set_message_id(delivery.id, message_id)
         message = services.renderer.render(
-            digest_input(services, sub, period, matches, message_id, run.now)
+            digest_input(services, sub, period, matches, message_id, run.now, delivery.id)
         )
         reply = await services.mailer.send(
-            message, sender=envelope_sender(services), recipients=[sub.email]
+            message, sender=envelope_sender(services, sub.id, delivery.id), recipients=[sub.email]
         )
     except TemporaryDeliveryError as exc:
         base = delivery_cfg.retry_base_seconds * 2 ** min(delivery.attempts, 20)

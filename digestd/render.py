@@ -1,8 +1,9 @@
 """Rendering one digest into an email: Jinja2 templates → plain text + inlined HTML → EmailMessage.
 
 Templates get ``site_name``, ``subject``, ``date_label``, ``count``, ``count_label``, ``preheader``,
-``recipient``, ``manage_url``, ``unsubscribe_url`` and ``items`` (:class:`Item`), all plain text
-(escaped by the HTML template only); every URL in them is http(s).
+``recipient``, ``manage_url``, ``unsubscribe_url``, ``reply_commands`` (replies are read) and
+``items`` (:class:`Item`), all plain text (escaped by the HTML template only); every URL in them
+is http(s).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class DigestInput:
     manage_url: str
     unsubscribe_url: str
     unsubscribe_mailto: str = ""
+    #: where replies go (inbound mail: "more 3", "stop"); empty: no Reply-To
+    reply_to: str = ""
     date: datetime | None = None
     site_name: str = "Paper digest"
     #: paper id → (more-like-this url, less-like-this url)
@@ -206,7 +209,7 @@ def wrap(text: str, indent: int = 0, first: str | None = None) -> str:
 
 def _headers(d: DigestInput) -> list[tuple[str, str | Address]]:
     for name in ("to", "sender", "message_id", "list_id", "site_name", "manage_url",
-                 "unsubscribe_url", "unsubscribe_mailto"):  # fmt: skip
+                 "unsubscribe_url", "unsubscribe_mailto", "reply_to"):  # fmt: skip
         if _CONTROL.search(getattr(d, name)):
             raise InvalidInput(f"{name} must not contain line breaks, NUL or control characters")
     if not _MESSAGE_ID.fullmatch(d.message_id):
@@ -224,9 +227,11 @@ def _headers(d: DigestInput) -> list[tuple[str, str | Address]]:
     when = d.date if d.date is not None else datetime.now(UTC)
     if when.utcoffset() is None:
         raise InvalidInput("date must be timezone-aware")
+    reply_to = [("Reply-To", _address("reply_to", d.reply_to))] if d.reply_to else []
     return [
         ("From", _address("sender", d.sender)),
         ("To", _address("to", d.to)),
+        *reply_to,
         ("Subject", _subject(d)),
         ("Date", format_datetime(when)),
         ("Message-ID", d.message_id),
@@ -249,6 +254,7 @@ def _prepare(d: DigestInput) -> tuple[list[tuple[str, str | Address]], dict[str,
         # Shown by mail clients next to the subject; the first titles say more than "Hi".
         "preheader": _trim(" · ".join(i.title for i in items[:3]), 150) or "No papers today.",
         "recipient": d.to,
+        "reply_commands": bool(d.reply_to),
         "manage_url": _web_url("manage_url", d.manage_url),
         "unsubscribe_url": _web_url("unsubscribe_url", d.unsubscribe_url),
         "items": items,

@@ -10,6 +10,7 @@ import httpx
 from digestd import __version__
 from digestd.config import Config
 from digestd.deliver import Mailer, OutboxMailer, SmtpMailer
+from digestd.dkim import DkimSigner
 from digestd.metrics import Metrics
 from digestd.render import Renderer
 from digestd.sources import Source, build_source
@@ -31,9 +32,12 @@ class Services:
     @classmethod
     def build(cls, config: Config, *, store: Store | None = None) -> Services:
         """Everything a command needs; opening the store migrates it to the current schema."""
+        sign = DkimSigner.load(config.dkim)  # None unless [dkim] is set: nothing is signed
         store = store or Store.open(config.database_url)
         mailer: Mailer = (
-            SmtpMailer(config.smtp) if config.smtp.host else OutboxMailer(config.outbox)
+            SmtpMailer(config.smtp, sign=sign)
+            if config.smtp.host
+            else OutboxMailer(config.outbox, sign=sign)
         )
         client = None
         if any(s.type != "json" for s in config.sources):

@@ -259,6 +259,21 @@ class Store:
             s.commit()
         return bounced
 
+    def has_event(self, subscriber_id: int, kind: str, reason_prefix: str) -> bool:
+        """Whether an event of ``kind`` whose reason starts with ``reason_prefix`` is recorded
+        (inbound mail: a report delivered twice must not count twice)."""
+        with self.session() as s:
+            row = s.exec(
+                select(Event.id)
+                .where(
+                    Event.subscriber_id == subscriber_id,
+                    Event.kind == kind,
+                    col(Event.reason).startswith(reason_prefix, autoescape=True),
+                )
+                .limit(1)
+            ).first()
+        return row is not None
+
     # -- papers --------------------------------------------------------------------------
 
     def add_papers(self, papers: Iterable[Paper], *, seen_at: datetime) -> int:
@@ -367,6 +382,20 @@ class Store:
                     Delivery.subscriber_id == subscriber_id, Delivery.period == period
                 )
             ).one()
+
+    def delivery_by_id(self, delivery_id: int) -> Delivery | None:
+        with self.session() as s:
+            return s.get(Delivery, delivery_id)
+
+    def delivery_papers(self, delivery_id: int) -> dict[int, str]:
+        """Number in the digest → paper id, for the papers one delivery sent."""
+        with self.session() as s:
+            rows = s.exec(
+                select(SentPaper.position, SentPaper.paper_id).where(
+                    SentPaper.delivery_id == delivery_id
+                )
+            )
+            return {position: paper_id for position, paper_id in rows}
 
     def set_message_id(self, delivery_id: int, message_id: str) -> None:
         self._update(delivery_id, message_id=message_id)

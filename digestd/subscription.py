@@ -254,6 +254,17 @@ class Subscriptions:
         log.info("subscriber %d: voted %s on %s", sub.id, feedback.vote_name(vote), paper_id)
         return sub, paper_id, vote
 
+    def cast_vote(
+        self, sub: Subscriber, paper_id: str, vote: int, *, via: str, now: datetime | None = None
+    ) -> None:
+        """A vote from a front that proved who asks in its own way (a reply to a digest, sent
+        from the subscriber's address to that digest's signed Reply-To)."""
+        assert sub.id is not None and vote in (1, -1)
+        self.store.set_vote(sub.id, paper_id, vote, now=now or datetime.now(UTC))
+        log.info(
+            "subscriber %d: voted %s on %s (%s)", sub.id, feedback.vote_name(vote), paper_id, via
+        )
+
     def votes(self, sub: Subscriber) -> list[tuple[Feedback, Paper | None]]:
         assert sub.id is not None
         return self.store.votes(sub.id)

@@ -406,7 +406,12 @@ async def _send_one(
         metrics.retried.labels("internal").inc()
         return "retry"
     # run.now, not the clock: papers stored after the run loaded its window stay new.
-    store.mark_sent(delivery, matches, reply=reply, now=run.now)
+    if not store.mark_sent(delivery, matches, reply=reply, now=run.now):
+        log.warning(
+            "subscriber %d period %s: another worker recorded this digest first (its lease "
+            "ran out mid-send); the relay may have it twice, with one Message-ID",
+            sub.id, period,
+        )  # fmt: skip
     metrics.sent.inc()
     metrics.latency.observe(time.perf_counter() - started)
     log.info(

@@ -402,12 +402,18 @@ class Store:
 
     def mark_sent(
         self, delivery: Delivery, matches: Sequence[Match], *, reply: str, now: datetime
-    ) -> None:
-        """Record a sent digest and its papers in one transaction."""
+    ) -> bool:
+        """Record a sent digest and its papers in one transaction.
+
+        False when another worker recorded it first (its lease had run out while this one
+        was sending, so the digest went out twice with one Message-ID): nothing is changed.
+        """
         assert delivery.id is not None
         with self.session() as s:
             row = s.get(Delivery, delivery.id)
             assert row is not None
+            if row.status == DeliveryStatus.SENT:
+                return False
             row.status = DeliveryStatus.SENT
             row.sent_at = now
             row.reply = reply[:500]
@@ -425,7 +431,12 @@ class Store:
                         score=m.score,
                     )
                 )
-            s.commit()
+            try:
+                s.commit()
+            except sa.exc.IntegrityError:  # the other worker's papers are in: it won
+                s.rollback()
+                return False
+        return True
 
     def mark_retry(self, delivery: Delivery, *, reply: str, at: datetime) -> None:
         assert delivery.id is not None

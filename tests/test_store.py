@@ -159,3 +159,16 @@ def test_naive_datetimes_are_refused(store: Store) -> None:
     p = Paper(id="2608.00001", title="t", abstract="a")
     with pytest.raises(Exception, match="naive datetime"):
         store.add_papers([p], seen_at=datetime(2026, 8, 14, 8, 0))
+
+
+def test_a_digest_recorded_by_another_worker_is_not_recorded_twice(store: Store) -> None:
+    sub = add(store)
+    first = store.claim(sub, DAY, owner="w1", now=T0, lease=LEASE)
+    # w1's lease runs out mid-send; w2 takes over, sends and records first.
+    second = store.claim(sub, DAY, owner="w2", now=T0 + timedelta(minutes=11), lease=LEASE)
+    assert first is not None and second is not None
+    p = Paper(id="2608.00001", title="t", abstract="a")
+    assert store.mark_sent(second, [Match(p, 0.9, "why")], reply="250 w2", now=T0)
+    assert not store.mark_sent(first, [Match(p, 0.9, "why")], reply="250 w1", now=T0)
+    row = store.delivery(sub, DAY)
+    assert row is not None and row.reply == "250 w2" and row.attempts == 1

@@ -17,11 +17,10 @@ from email.utils import format_datetime, parseaddr
 from pathlib import Path
 from typing import Any
 
-import css_inline
 import jinja2
 
 from digestd.errors import ConfigError
-from digestd.render import POLICY, TEMPLATES_DIR, wrap
+from digestd.render import POLICY, css_inliner, email_environment
 
 #: (template stem, subject format); the subject takes the site name only
 KINDS: Mapping[str, str] = {
@@ -51,16 +50,7 @@ class Notices:
     """Templates loaded once; renders any number of notices."""
 
     def __init__(self, *, sender: str, site_name: str, template_dir: Path | None = None) -> None:
-        search = [TEMPLATES_DIR] if template_dir is None else [template_dir, TEMPLATES_DIR]
-        env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(search),
-            autoescape=jinja2.select_autoescape(["html"]),
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            keep_trailing_newline=True,
-        )
-        env.filters["wrap"] = wrap
+        env = email_environment(template_dir)
         try:
             self._templates = {
                 (kind, ext): env.get_template(f"notice_{kind}.{ext}")
@@ -69,9 +59,7 @@ class Notices:
             }
         except jinja2.TemplateError as exc:
             raise ConfigError(f"notice template: {exc}") from exc
-        self._inliner = css_inline.CSSInliner(
-            keep_at_rules=True, minify_css=True, load_remote_stylesheets=False
-        )
+        self._inliner = css_inliner()
         self.sender = sender
         self.site_name = site_name
         self.domain = parseaddr(sender)[1].rpartition("@")[2].lower() or "localhost"

@@ -118,33 +118,44 @@ class Item:
     feedback: tuple[Link, ...]
 
 
+def email_environment(template_dir: Path | None) -> jinja2.Environment:
+    """The Jinja2 set-up of every email (digests and notices): one place, one behaviour.
+
+    Operator templates come first, so any one of them (even a partial) overrides by name;
+    HTML is autoescaped, text is not; a missing variable is an error, not an empty string.
+    """
+    if template_dir is not None and not template_dir.is_dir():
+        raise ConfigError(f"template directory {template_dir} does not exist")
+    search = [TEMPLATES_DIR] if template_dir is None else [template_dir, TEMPLATES_DIR]
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(search),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        auto_reload=False,  # partials are included per paper: no stat() calls per render
+    )
+    env.filters["wrap"] = wrap
+    return env
+
+
+def css_inliner() -> css_inline.CSSInliner:
+    # Media queries stay in a <style> (nothing else can express them); minified inline
+    # styles keep 25 papers well under Gmail's ~102 KB clipping; remote stylesheets are
+    # never fetched: rendering is a pure step.
+    return css_inline.CSSInliner(keep_at_rules=True, minify_css=True, load_remote_stylesheets=False)
+
+
 class Renderer:
     """Templates loaded and CSS inliner built once; renders any number of digests."""
 
     def __init__(self, template_dir: Path | None = None) -> None:
-        if template_dir is not None and not template_dir.is_dir():
-            raise ConfigError(f"template directory {template_dir} does not exist")
-        # Operator templates first, so any one of them (even a partial) overrides by name.
-        search = [TEMPLATES_DIR] if template_dir is None else [template_dir, TEMPLATES_DIR]
-        self._env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(search),
-            autoescape=jinja2.select_autoescape(["html"]),
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            keep_trailing_newline=True,
-            auto_reload=False,  # the partial is included per paper: no stat() calls per render
-        )
-        self._env.filters["wrap"] = wrap
+        self._env = email_environment(template_dir)
         # Loaded now so a broken override fails at start-up, not at the first delivery.
         self._html = self._load("digest.html")
         self._text = self._load("digest.txt")
-        # Media queries stay in a <style> (nothing else can express them); minified inline
-        # styles keep 25 papers well under Gmail's ~102 KB clipping; remote stylesheets are
-        # never fetched: rendering is a pure step.
-        self._inliner = css_inline.CSSInliner(
-            keep_at_rules=True, minify_css=True, load_remote_stylesheets=False
-        )
+        self._inliner = css_inliner()
 
     def _load(self, name: str) -> jinja2.Template:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ class Name:
     @classmethod
     def of(cls, name: str) -> Name:
         """'Jiří Matas', 'J. Matas', 'Matas, Jiří', 'Xiao-Yang Liu' ~ 'Xiaoyang Liu'."""
+        return _name(name)
+
+    @classmethod
+    def parse(cls, name: str) -> Name:
         plain = fold(name)
         if "," in plain:
             last, _, first = plain.partition(",")
@@ -46,3 +51,9 @@ def name_key(name: str) -> tuple[str, str]:
     """(last name, first initial), accent- and case-free: 'Jiří Matas' ~ 'J. Matas'."""
     n = Name.of(name)
     return (n.last, n.first[:1])
+
+
+@functools.lru_cache(maxsize=65536)
+def _name(name: str) -> Name:
+    # Papers' author lists are read for every subscriber following someone: parse each once.
+    return Name.parse(name)

@@ -27,6 +27,8 @@ PREFIX = 5
 VECTOR_TERMS = 60
 #: a corpus this small (or none) still ranks; rarity then comes mostly from the papers given
 _MIN_DOCS = 1
+#: entries of Corpus.memo before it starts over (~200 bytes each)
+MEMO_LIMIT = 300_000
 
 
 def content_words(stems: tuple[str, ...]) -> tuple[str, ...]:
@@ -210,8 +212,15 @@ class Corpus:
         norm = math.sqrt(sum(x * x for x in top.values())) or 1.0
         out = {s: x / norm for s, x in top.items()}
         if doc.paper.id in self.docs:
-            self.memo[key] = out
+            self.remember(key, out)
         return out
+
+    def remember(self, key: object, value: object) -> None:
+        """Keep ``value`` in the memo, which stays bounded: past MEMO_LIMIT entries it starts
+        over (a million subscribers can bring hundreds of thousands of distinct topics)."""
+        if len(self.memo) >= MEMO_LIMIT:
+            self.memo.clear()
+        self.memo[key] = value
 
     def prefixed(self, prefix: str) -> tuple[str, ...]:
         return self.prefixes.get(prefix[:PREFIX], ())

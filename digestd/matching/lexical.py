@@ -63,7 +63,7 @@ def interest(doc: Doc, prefs: Preferences) -> tuple[float, list[str], str]:
     )
     s = combine([h[0] for h in hits])
     reasons += [why for s_, why in hits[:2] if s_ >= MENTION]
-    for author in doc.paper.authors:
+    for author in doc.paper.authors if prefs.authors else ():
         name = Name.of(author)
         who = next((w for n, w in prefs.authors if n.is_(name)), None)
         if who is not None:

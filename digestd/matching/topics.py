@@ -72,6 +72,18 @@ def _variants(stem_: str, corpus: Corpus) -> frozenset[str]:
 
 
 def compile_topic(text: str, corpus: Corpus) -> Topic:
+    """``text`` compiled against ``corpus``; once per corpus (a send has many subscribers
+    sharing topics)."""
+    key = ("topic", text)
+    known = corpus.memo.get(key)
+    if isinstance(known, Topic):
+        return known
+    topic = _compile(text, corpus)
+    corpus.remember(key, topic)
+    return topic
+
+
+def _compile(text: str, corpus: Corpus) -> Topic:
     toks = [t for t in tokens(text) if t.stem]
     while toks and toks[0].stem in STOP:
         toks.pop(0)
@@ -253,12 +265,28 @@ def context(topic: Topic, corpus: Corpus) -> Mapping[str, float]:
         top = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))[:CONTEXT_TERMS]
         norm = math.sqrt(sum(w * w for _, w in top)) or 1.0
         out = {s_: w / norm for s_, w in top}
-    corpus.memo[key] = out
+    corpus.remember(key, out)
     return out
 
 
 def evidence(doc: Doc, topic: Topic, corpus: Corpus | None = None) -> Evidence:
-    """How likely ``doc`` is about ``topic`` (0..1), and why, in the paper's words."""
+    """How likely ``doc`` is about ``topic`` (0..1), and why, in the paper's words.
+
+    Worked out once per (topic, paper) of a corpus: in a send, every subscriber who shares
+    a topic reads the day's papers for it, and this is most of the matcher's time.
+    """
+    if corpus is None or corpus.docs.get(doc.paper.id) is not doc:
+        return _evidence(doc, topic, corpus)
+    key = ("evidence", topic.text, doc.paper.id)
+    known = corpus.memo.get(key)
+    if isinstance(known, Evidence):
+        return known
+    found = _evidence(doc, topic, corpus)
+    corpus.remember(key, found)
+    return found
+
+
+def _evidence(doc: Doc, topic: Topic, corpus: Corpus | None) -> Evidence:
     x, why = features(doc, topic)
     if not any(x):
         return Evidence(0.0, "", x)

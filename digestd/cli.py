@@ -247,6 +247,9 @@ def _day(value: str | None) -> date:
 def fetch(ctx: Context, day: str | None) -> None:
     """Fetch the day's papers from every configured source and store the new ones."""
     result = ctx.run(lambda s: pipeline.fetch(s, _day(day)))
+    if result.skipped:
+        click.echo("another digestd instance is fetching now; its papers will be used")
+        return
     click.echo(f"fetched {result.seen} papers, {result.new} new")
     for error in result.errors:
         click.echo(f"source failed: {error}", err=True)

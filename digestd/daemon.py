@@ -73,7 +73,8 @@ class Daemon:
         self._fetch_failures = 0
         self.state.last_fetch_ok = now
         self.state.last_fetch_error = "; ".join(result.errors)
-        log.info("fetch: %d papers, %d new", result.seen, result.new)
+        if not result.skipped:
+            log.info("fetch: %d papers, %d new", result.seen, result.new)
         try:
             # Housekeeping rides on the fetch: requests nobody confirmed leave no address.
             self.app.state.web.subscriptions.purge_unconfirmed(now=now)

@@ -33,9 +33,12 @@ def _unsigned(data: bytes) -> bytes:
 
 
 class Mailer(Protocol):
-    async def send(self, message: EmailMessage, *, sender: str, recipients: Sequence[str]) -> str:
-        """Deliver ``message`` to ``recipients`` with envelope ``sender``; return a one-line
-        description of the success; raise Temporary- or PermanentDeliveryError."""
+    async def send(
+        self, message: EmailMessage | bytes, *, sender: str, recipients: Sequence[str]
+    ) -> str:
+        """Deliver ``message`` (an EmailMessage, or the bytes of one, CRLF) to ``recipients``
+        with envelope ``sender``; return a one-line description of the success; raise
+        Temporary- or PermanentDeliveryError."""
         ...
 
     async def aclose(self) -> None: ...
@@ -119,7 +122,9 @@ class SmtpMailer:
         self._pacer = _Pacer(config.rate_limit)
         self._closed = False
 
-    async def send(self, message: EmailMessage, *, sender: str, recipients: Sequence[str]) -> str:
+    async def send(
+        self, message: EmailMessage | bytes, *, sender: str, recipients: Sequence[str]
+    ) -> str:
         if self._closed:
             raise RuntimeError("SmtpMailer.send() after aclose()")
         if not recipients:
@@ -129,7 +134,9 @@ class SmtpMailer:
             raise PermanentDeliveryError("envelope address is not a bare addr-spec")
         utf8 = not (sender + "".join(recipients)).isascii()
         # Serialising costs more CPU than the send; do it before holding a connection.
-        flat = self._sign(flatten_message(message, utf8=utf8))
+        flat = self._sign(
+            message if isinstance(message, bytes) else flatten_message(message, utf8=utf8)
+        )
         await self._pacer.wait()
         try:
             # aiosmtplib's own timeouts apply per socket operation; this bounds the whole send.
@@ -147,7 +154,7 @@ class SmtpMailer:
 
     async def _send_pooled(
         self,
-        message: EmailMessage,
+        message: EmailMessage | bytes,
         flat: bytes,
         sender: str,
         recipients: Sequence[str],
@@ -161,6 +168,8 @@ class SmtpMailer:
                         "the relay does not offer SMTPUTF8 (needed for a non-ASCII address)"
                     )
                 if not client.supports_extension("8bitmime") and not flat.isascii():
+                    if isinstance(message, bytes):  # built 7-bit unless an address is UTF-8
+                        raise PermanentDeliveryError("the relay does not offer 8BITMIME")
                     flat = self._sign(flatten_message(message, utf8=utf8, cte_type="7bit"))
                 try:
                     await self._mail(client, flat, sender, utf8)
@@ -276,7 +285,9 @@ class OutboxMailer:
         self._path = path
         self._sign = sign or _unsigned
 
-    async def send(self, message: EmailMessage, *, sender: str, recipients: Sequence[str]) -> str:
+    async def send(
+        self, message: EmailMessage | bytes, *, sender: str, recipients: Sequence[str]
+    ) -> str:
         try:
             eml = await asyncio.to_thread(self._write, message, recipients)
         except OSError as exc:
@@ -288,8 +299,14 @@ class OutboxMailer:
     async def aclose(self) -> None:
         return None
 
-    def _write(self, message: EmailMessage, recipients: Sequence[str]) -> Path:
-        data = self._sign(message.as_bytes(policy=email.policy.default))  # LF: friendlier on disk
+    def _write(self, message: EmailMessage | bytes, recipients: Sequence[str]) -> Path:
+        if isinstance(message, bytes):
+            data = self._sign(message.replace(b"\r\n", b"\n"))  # LF: friendlier on disk
+            parsed = email.message_from_bytes(data, policy=email.policy.default)
+            assert isinstance(parsed, EmailMessage)
+            message = parsed
+        else:
+            data = self._sign(message.as_bytes(policy=email.policy.default))
         key = str(message.get("Message-ID", "")).strip().encode() or data
         digest = hashlib.sha256(key).hexdigest()[:16]
         self._path.mkdir(parents=True, exist_ok=True)

@@ -55,12 +55,19 @@ def urls(
 def voted_papers(store: Store, subscriber_id: int) -> tuple[tuple[Paper, ...], tuple[Paper, ...]]:
     """(liked, disliked) papers for the matcher, newest first; votes on papers no longer
     stored are skipped (there is nothing left to compare with)."""
+    return split_votes((paper, vote.vote) for vote, paper in store.votes(subscriber_id))
+
+
+def split_votes(
+    votes: Iterable[tuple[Paper | None, int]],
+) -> tuple[tuple[Paper, ...], tuple[Paper, ...]]:
+    """(liked, disliked) from (paper, vote) newest first: the MATCHER_VOTES newest of each."""
     liked: list[Paper] = []
     disliked: list[Paper] = []
-    for vote, paper in store.votes(subscriber_id):
+    for paper, vote in votes:
         if paper is None:
             continue
-        bucket = liked if vote.vote > 0 else disliked
+        bucket = liked if vote > 0 else disliked
         if len(bucket) < MATCHER_VOTES:
             bucket.append(paper)
     return tuple(liked), tuple(disliked)

@@ -24,6 +24,12 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        self.stage_seconds = Counter(
+            "digestd_send_stage_seconds",
+            "Seconds sends spent per stage (select, match, render, serialise, deliver, ledger)",
+            ["stage"],
+            registry=r,
+        )
         self.fetched = Counter("digestd_papers_fetched", "Papers fetched", ["source"], registry=r)
         self.new_papers = Counter(
             "digestd_papers_new", "Papers stored for the first time", ["source"], registry=r

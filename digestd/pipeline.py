@@ -9,19 +9,20 @@ import random
 import re
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formataddr, parseaddr
 
-from digestd import feedback
+from digestd import feedback, ledger
 from digestd.errors import DigestdError, FeedError, PermanentDeliveryError, TemporaryDeliveryError
 from digestd.inbound.addresses import Addresses
 from digestd.matcher import Corpus, Match, Profile, rank, select
 from digestd.models import DeliveryStatus, Status, Subscriber
 from digestd.paper import Paper
-from digestd.render import DigestInput
+from digestd.render import DigestInput, mime
 from digestd.schedule import due_period, is_digest_day, zone
 from digestd.services import Services
 
@@ -45,6 +46,8 @@ class FetchResult:
     new: int = 0
     seen: int = 0
     errors: list[str] = field(default_factory=list)
+    #: another instance held the fetch lock; nothing was fetched here
+    skipped: bool = False
 
 
 @dataclass
@@ -56,6 +59,8 @@ class SendSummary:
     failed: int = 0
     expired: int = 0
     skipped: int = 0
+    #: seconds per stage of the send (see Stages), filled in at the end of a run
+    stages: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         text = (
@@ -70,7 +75,12 @@ class SendSummary:
 
     def add(self, other: SendSummary) -> None:
         for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+            if name != "stages":
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def count(self, outcome: ledger.Outcome) -> None:
+        name = "skipped" if outcome.skipped else _COUNTED[outcome.status]
+        setattr(self, name, getattr(self, name) + 1)
 
 
 async def fetch(services: Services, day: date, *, now: datetime | None = None) -> FetchResult:
@@ -79,6 +89,15 @@ async def fetch(services: Services, day: date, *, now: datetime | None = None) -
     A failing source is reported and the others still stored; FeedError only when all fail.
     """
     now = now or datetime.now(UTC)
+    with services.store.exclusive("fetch") as mine:
+        if not mine:
+            # Several instances on one database: one fetches, the others use what it stores.
+            log.info("another instance is fetching now; not fetching here")
+            return FetchResult(skipped=True)
+        return await _fetch(services, day, now)
+
+
+async def _fetch(services: Services, day: date, now: datetime) -> FetchResult:
     result = FetchResult()
     metrics, store = services.metrics, services.store
     for source in services.sources:
@@ -146,6 +165,28 @@ def envelope_sender(
     return parseaddr(services.config.smtp.from_)[1]
 
 
+class Stages:
+    """Seconds a send spends in each stage, for the send benchmark and the metrics.
+
+    ``select`` (claims, subscribers, history), ``match``, ``render`` (templates and CSS),
+    ``serialise`` (the MIME bytes), ``ledger`` (recording outcomes) are timed where they
+    run; ``deliver`` is the rest of the run's wall time: the SMTP client and the relay.
+    """
+
+    NAMES = ("select", "match", "render", "serialise", "deliver", "ledger")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.NAMES, 0.0)
+
+    @contextmanager
+    def timing(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
+
+
 class _Run:
     """State of one send run: the papers window loaded once, shared by every subscriber."""
 
@@ -153,6 +194,8 @@ class _Run:
         self,
         services: Services,
         now: datetime,
+        papers: list[tuple[Paper, datetime]],
+        corpus: Corpus,
         *,
         stop: asyncio.Event | None = None,
         wait: timedelta | None = None,
@@ -160,11 +203,12 @@ class _Run:
         self.services = services
         self.now = now
         self._started = time.monotonic()
-        self.papers = services.store.papers_seen_since(now - MAX_AGE)
-        # Term rarity and acronyms over the stored papers, once per run for every subscriber.
-        self.corpus = Corpus.of(p for p, _ in self.papers)
+        self.papers = papers
+        self.by_id = {p.id: p for p, _ in papers}
+        self.corpus = corpus
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.stop = stop or asyncio.Event()
+        self.stages = Stages()
         d = services.config.delivery
         self.lease = timedelta(seconds=d.lease_seconds)
         self.max_age = timedelta(hours=d.max_age_hours)
@@ -172,22 +216,65 @@ class _Run:
             timedelta(minutes=services.config.schedule.wait_minutes) if wait is None else wait
         )
 
+    @classmethod
+    def load(cls, services: Services, now: datetime) -> tuple[list[tuple[Paper, datetime]], Corpus]:
+        papers = services.store.papers_seen_since(now - MAX_AGE)
+        # Term rarity and acronyms over the stored papers, once per run for every subscriber.
+        return papers, Corpus.of(p for p, _ in papers)
+
+    @classmethod
+    async def start(
+        cls,
+        services: Services,
+        now: datetime,
+        *,
+        stop: asyncio.Event | None = None,
+        wait: timedelta | None = None,
+    ) -> _Run:
+        # Seconds of CPU for a month of papers: in a thread, so the web front (same event
+        # loop in the daemon) keeps answering meanwhile.
+        papers, corpus = await asyncio.to_thread(cls.load, services, now)
+        return cls(services, now, papers, corpus, stop=stop, wait=wait)
+
     def clock(self) -> datetime:
         """``now`` moved on by the time this run has taken. Leases start from it: a run
         longer than a lease (a big list) must not hand out claims that are born expired,
         which another worker would take over and send a second time."""
         return self.now + timedelta(seconds=time.monotonic() - self._started)
 
+    def finish(self) -> dict[str, float]:
+        """Seconds per stage; ``deliver`` takes the wall time the timed stages leave."""
+        seconds = dict(self.stages.seconds)
+        timed = sum(v for k, v in seconds.items() if k != "deliver")
+        seconds["deliver"] = max(0.0, time.monotonic() - self._started - timed)
+        for name, value in seconds.items():
+            self.services.metrics.stage_seconds.labels(name).inc(value)
+        return seconds
+
+    def since(self, last_sent: datetime | None) -> datetime:
+        return last_sent or self.now - timedelta(days=self.services.config.digest.lookback)
+
+    def matches(
+        self,
+        sub: Subscriber,
+        prefs: dict[str, list[str]],
+        since: datetime,
+        sent: Collection[str],
+        votes: tuple[tuple[Paper, ...], tuple[Paper, ...]],
+    ) -> list[Match]:
+        fresh = [p for p, seen in self.papers if seen > since and p.id not in sent]
+        profile = profile_of(sub, prefs, votes)
+        return select(rank(fresh, profile, corpus=self.corpus), profile)
+
     def matches_for(self, sub: Subscriber, prefs: dict[str, list[str]]) -> list[Match]:
+        """One subscriber's matches now, read from the store (previews)."""
         assert sub.id is not None
         store = self.services.store
-        since = store.last_sent_at(sub.id) or (
-            self.now - timedelta(days=self.services.config.digest.lookback)
-        )
-        fresh = [p for p, seen in self.papers if seen > since]
-        sent = store.sent_paper_ids(sub.id, (p.id for p in fresh))
-        profile = profile_of(sub, prefs, feedback.voted_papers(store, sub.id))
-        return select(rank(fresh, profile, sent=sent, corpus=self.corpus), profile)
+        since = self.since(store.last_sent_at(sub.id))
+        fresh = [p.id for p, seen in self.papers if seen > since]
+        sent = store.sent_paper_ids(sub.id, fresh)
+        votes = feedback.voted_papers(store, sub.id)
+        return self.matches(sub, prefs, since, sent, votes)
 
 
 def digest_input(
@@ -239,12 +326,13 @@ async def send_period(
     """
     now = now or datetime.now(UTC)
     # A manual send does not wait for papers: what is stored now is what there is.
-    run = _Run(services, now, wait=timedelta(0))
+    run = await _Run.start(services, now, wait=timedelta(0))
     summary = SendSummary()
     for batch in services.store.subscribers(status=Status.ACTIVE):
         due = [s for s in batch if is_due(s, period)]
         summary.skipped += len(batch) - len(due)
         summary.add(await _send_batch(run, [(s, period, now) for s in due], concurrency))
+    summary.stages = run.finish()
     log.info("period %s: %s", period, summary)
     return summary
 
@@ -262,7 +350,7 @@ async def send_due(
     day), so the due period is computed once per group, not once per subscriber.
     """
     now = now or datetime.now(UTC)
-    run = _Run(services, now, stop=stop)
+    run = await _Run.start(services, now, stop=stop)
     by_period: dict[date, tuple[datetime, list[tuple[str, str, str, int]]]] = {}
     for group in services.store.schedule_groups():
         due = due_period(now, group[1], group[0], group[2], group[3])
@@ -277,7 +365,7 @@ async def send_due(
     for period, (_, groups) in sorted(by_period.items()):
         for batch in services.store.due_subscribers(period, groups, now=now):
             if run.stop.is_set():
-                return summary
+                break
             work = []
             for sub in batch:
                 # No digest for a period that ended before the subscription began.
@@ -288,6 +376,7 @@ async def send_due(
                 assert found is not None and found[0] == period
                 work.append((sub, period, found[1]))
             summary.add(await _send_batch(run, work, concurrency))
+    summary.stages = run.finish()
     if summary.sent or summary.retry or summary.failed:
         log.info("tick: %s", summary)
     return summary
@@ -296,129 +385,254 @@ async def send_due(
 async def _send_batch(
     run: _Run, work: Sequence[tuple[Subscriber, date, datetime]], concurrency: int
 ) -> SendSummary:
-    services = run.services
+    """Send ``work`` in chunks: each chunk claimed, matched, sent and recorded together.
+
+    Digests a chunk gave back unsent (its lease ran too short: a slow relay) are claimed
+    again at once; each round sends at least a pool's worth, so this ends.
+    """
     summary = SendSummary()
-    if not work:
-        return summary
-    prefs = services.store.preferences([s.id for s, _, _ in work if s.id is not None])
-    limit = asyncio.Semaphore(concurrency or max(1, services.config.smtp.pool_size))
-
-    async def one(sub: Subscriber, period: date, due_at: datetime) -> str:
-        async with limit:
-            if run.stop.is_set():  # shutting down: take no new work
-                return "skipped"
-            return await _send_one(run, sub, prefs[sub.id or 0], period, due_at)
-
-    for outcome in await asyncio.gather(*(one(*w) for w in work)):
-        setattr(summary, outcome, getattr(summary, outcome) + 1)
+    todo = list(work)
+    while todo and not run.stop.is_set():  # shutting down: take no new work
+        chunk, todo = todo[:CHUNK], todo[CHUNK:]
+        released = await _send_chunk(run, chunk, concurrency, summary)
+        todo = released + todo
     return summary
 
 
-async def _send_one(
-    run: _Run, sub: Subscriber, prefs: dict[str, list[str]], period: date, due_at: datetime
-) -> str:
-    """Claim, match, render and deliver one digest; return the SendSummary field to count."""
-    services, store, metrics = run.services, run.services.store, run.services.metrics
-    delivery_cfg = services.config.delivery
-    assert sub.id is not None
-    delivery = store.claim(sub.id, period, owner=run.owner, now=run.clock(), lease=run.lease)
-    if delivery is None:
-        return "skipped"
-    assert delivery.id is not None
-    # Re-read after the claim: an unsubscribe (or revoked links) that landed since the batch
-    # was loaded takes effect before anything is rendered (invariant 5).
-    current = store.subscriber_by_id(sub.id)
-    if current.status != Status.ACTIVE:
-        store.mark_final(delivery, DeliveryStatus.EMPTY, reply=f"subscriber {current.status}")
-        return "skipped"
-    sub = current
-    assert sub.id is not None
+@dataclass(slots=True)
+class _Digest:
+    """One claimed digest on its way: the subscriber, their matches, the message."""
+
+    claim: ledger.Claim
+    sub: Subscriber
+    period: date
+    matches: list[Match]
+    message_id: str
+    data: bytes = b""
+    started: float = 0.0
+
+
+async def _send_chunk(
+    run: _Run,
+    work: Sequence[tuple[Subscriber, date, datetime]],
+    concurrency: int,
+    summary: SendSummary,
+) -> list[tuple[Subscriber, date, datetime]]:
+    """Claim, match, send and record one chunk; return the work given back unsent."""
+    services, stages = run.services, run.stages
+    engine = services.store.engine
+    due_at = {(s.id or 0, period): at for s, period, at in work}
+    with stages.timing("select"):
+        claims = ledger.claim(engine, due_at, owner=run.owner, now=run.clock(), lease=run.lease)
+        summary.skipped += len(work) - len(claims)
+        ids = [c.subscriber_id for c in claims]
+        # Read after the claim: an unsubscribe (or revoked links) that landed since the batch
+        # was loaded takes effect before anything is rendered (invariant 5).
+        subs = ledger.subscribers(engine, ids)
+        prefs = services.store.preferences(ids)
+        last_sent = ledger.last_sent(engine, ids)
+        oldest = min((run.since(last_sent.get(i)) for i in ids), default=run.now)
+        history = ledger.history(engine, ids, (p.id for p, seen in run.papers if seen > oldest))
+    outcomes: list[ledger.Outcome] = []
+    ready: list[_Digest] = []
+    with stages.timing("match"):
+        for claim in claims:
+            sub = subs.get(claim.subscriber_id)
+            since = run.since(last_sent.get(claim.subscriber_id))
+            due = due_at[claim.subscriber_id, claim.period]
+            decided = _decide(run, claim, sub, prefs, history, since, due)
+            if isinstance(decided, _Digest):
+                ready.append(decided)
+            else:
+                outcomes.append(decided)
+    limit = asyncio.Semaphore(concurrency or max(1, services.config.smtp.pool_size))
+    pending: list[ledger.Outcome] = []
+
+    def flush() -> None:
+        # run.now, not the clock: papers stored after the run loaded its window stay new.
+        with stages.timing("ledger"):
+            done = pending[:]
+            pending.clear()
+            lost = ledger.record(engine, done, now=run.now)
+            for o in done:
+                summary.count(o)
+                if o.status == DeliveryStatus.FAILED and o.code:
+                    _count_bounce(run, o)
+        for o in lost:
+            log.warning(
+                "subscriber %d period %s: another worker recorded this digest first (its "
+                "lease ran out mid-send); the relay may have it twice, with one Message-ID",
+                o.claim.subscriber_id, o.claim.period,
+            )  # fmt: skip
+
+    released: list[_Digest] = []
+
+    async def deliver(digest: _Digest) -> None:
+        outcome = await _deliver(run, digest, limit)
+        if outcome is None:
+            released.append(digest)
+            return
+        pending.append(outcome)
+        # Accepted digests are recorded a few at a time, not at the end of the chunk: a
+        # crash can then leave at most FLUSH + pool_size digests sent but unrecorded
+        # (sent again after the lease, with the same Message-ID).
+        if len(pending) >= FLUSH:
+            flush()
+
+    await asyncio.gather(*(deliver(d) for d in ready))
+    pending += outcomes
+    flush()
+    if not released:
+        return []
+    with stages.timing("ledger"):
+        ledger.release(engine, [d.claim for d in released], owner=run.owner, now=run.clock())
+    if run.stop.is_set():
+        summary.skipped += len(released)
+        return []
+    again = {(d.claim.subscriber_id, d.period) for d in released}
+    return [w for w in work if (w[0].id, w[1]) in again]
+
+
+def _decide(
+    run: _Run,
+    claim: ledger.Claim,
+    sub: Subscriber | None,
+    prefs: dict[int, dict[str, list[str]]],
+    history: ledger.History,
+    since: datetime,
+    due_at: datetime,
+) -> ledger.Outcome | _Digest:
+    """What to do with one claimed digest: an outcome already, or a digest to send."""
+    metrics = run.services.metrics
+    if sub is None or sub.status != Status.ACTIVE:
+        status = sub.status if sub is not None else "deleted"
+        return ledger.Outcome(claim, DeliveryStatus.EMPTY, f"subscriber {status}", skipped=True)
     if run.now - due_at > run.max_age:
-        store.mark_final(
-            delivery, DeliveryStatus.EXPIRED, reply=f"not delivered within {run.max_age} "
-            f"of its send time; last reply: {delivery.reply or 'none'}"
-        )  # fmt: skip
         metrics.failed.labels("expired").inc()
-        log.warning("subscriber %d period %s: expired", sub.id, period)
-        return "expired"
-    started = time.perf_counter()
-    try:
-        matches = run.matches_for(sub, prefs)
-        if not matches and run.now < due_at + run.wait:
-            at = min(run.now + WAIT_STEP, due_at + run.wait)
-            store.mark_waiting(delivery, reply="no match yet; waiting for the day's papers", at=at)
-            return "waiting"
-        if not matches and not sub.empty_note:
-            store.mark_final(delivery, DeliveryStatus.EMPTY, reply="no paper matched")
-            metrics.empty.inc()
-            log.info("subscriber %d period %s: nothing matched", sub.id, period)
-            return "empty"
-        # The same id on every attempt, so a resend after a crash is recognisable.
-        message_id = delivery.message_id or (
-            f"<digest.{period:%Y%m%d}.{delivery.id}@{_domain(services)}>"
-        )
-        if not delivery.message_id:
-            store.set_message_id(delivery.id, message_id)
-        message = services.renderer.render(
-            digest_input(services, sub, period, matches, message_id, run.now, delivery.id)
-        )
-        reply = await services.mailer.send(
-            message, sender=envelope_sender(services, sub.id, delivery.id), recipients=[sub.email]
-        )
-    except TemporaryDeliveryError as exc:
-        base = delivery_cfg.retry_base_seconds * 2 ** min(delivery.attempts, 20)
-        delay = min(base, delivery_cfg.retry_max_seconds) * random.uniform(0.8, 1.2)
-        store.mark_retry(
-            delivery, reply=exc.reply or str(exc), at=run.clock() + timedelta(seconds=delay)
-        )
-        metrics.retried.labels(str(exc.code or "connection")).inc()
-        log.warning(
-            "subscriber %d period %s: temporary failure: %s", sub.id, period, _loggable(exc)
-        )
-        return "retry"
-    except PermanentDeliveryError as exc:
-        reply = exc.reply or str(exc)
-        store.mark_final(delivery, DeliveryStatus.FAILED, reply=reply)
-        no_such_user = " 5.1." in f" {reply}"
-        bounced = store.record_bounce(
-            sub.id,
-            hard=True,
-            reason=reply,
-            limit=delivery_cfg.bounce_limit_no_such_user
-            if no_such_user
-            else delivery_cfg.bounce_limit,
-        )
-        metrics.failed.labels("bounce").inc()
-        log.warning(
-            "subscriber %d period %s: bounced%s: %s",
-            sub.id, period, " (now marked bounced)" if bounced else "", _loggable(reply),
+        log.warning("subscriber %d period %s: expired", sub.id, claim.period)
+        return ledger.Outcome(
+            claim, DeliveryStatus.EXPIRED, f"not delivered within {run.max_age} of its send "
+            f"time; last reply: {claim.reply or 'none'}"
         )  # fmt: skip
-        return "failed"
-    except DigestdError as exc:
-        store.mark_final(delivery, DeliveryStatus.FAILED, reply=str(exc))
-        metrics.failed.labels("error").inc()
-        log.error("subscriber %d period %s: %s", sub.id, period, _loggable(exc))
-        return "failed"
-    except Exception:
-        # Top of a job: an unexpected error leaves the digest for a later attempt.
-        log.exception("subscriber %d period %s: unexpected error", sub.id, period)
-        store.mark_retry(delivery, reply="internal error", at=run.now + timedelta(minutes=15))
-        metrics.retried.labels("internal").inc()
-        return "retry"
-    # run.now, not the clock: papers stored after the run loaded its window stay new.
-    if not store.mark_sent(delivery, matches, reply=reply, now=run.now):
-        log.warning(
-            "subscriber %d period %s: another worker recorded this digest first (its lease "
-            "ran out mid-send); the relay may have it twice, with one Message-ID",
-            sub.id, period,
-        )  # fmt: skip
+    assert sub.id is not None
+    votes = feedback.split_votes(
+        (run.by_id.get(pid) or run.services.store.paper(pid), vote)
+        for pid, vote in history.votes.get(sub.id, ())
+    )
+    matches = run.matches(sub, prefs[sub.id], since, history.sent.get(sub.id, ()), votes)
+    if not matches and run.now < due_at + run.wait:
+        at = min(run.now + WAIT_STEP, due_at + run.wait)
+        return ledger.Outcome(
+            claim, DeliveryStatus.WAITING, "no match yet; waiting for the day's papers", at=at
+        )
+    if not matches and not sub.empty_note:
+        metrics.empty.inc()
+        log.info("subscriber %d period %s: nothing matched", sub.id, claim.period)
+        return ledger.Outcome(claim, DeliveryStatus.EMPTY, "no paper matched")
+    # The same id on every attempt, so a resend after a crash is recognisable.
+    message_id = claim.message_id or (
+        f"<digest.{claim.period:%Y%m%d}.{claim.id}@{_domain(run.services)}>"
+    )
+    return _Digest(claim, sub, claim.period, matches, message_id)
+
+
+async def _deliver(run: _Run, digest: _Digest, limit: asyncio.Semaphore) -> ledger.Outcome | None:
+    """Render and send one digest; the outcome to record, or None when it was not started
+    (shutting down, or too little of the claim's lease left to start a send in)."""
+    services, stages, metrics = run.services, run.stages, run.services.metrics
+    claim, sub, period = digest.claim, digest.sub, digest.period
+    assert sub.id is not None
+    delivery_cfg = services.config.delivery
+    async with limit:
+        # A send starts only in the first half of its lease: a claim is never used near the
+        # time another worker may take it over (a relay slow enough to hold a chunk that
+        # long has the rest of the chunk claimed again, with a new lease).
+        if run.stop.is_set() or run.clock() > claim.lease_until - run.lease / 2:
+            return None
+        started = time.perf_counter()
+        try:
+            with stages.timing("render"):
+                parts = services.renderer.render_parts(
+                    digest_input(
+                        services, sub, period, digest.matches, digest.message_id, run.now, claim.id
+                    )
+                )
+            with stages.timing("serialise"):
+                data = mime(parts)
+            reply = await services.mailer.send(
+                data, sender=envelope_sender(services, sub.id, claim.id), recipients=[sub.email]
+            )
+        except TemporaryDeliveryError as exc:
+            base = delivery_cfg.retry_base_seconds * 2 ** min(claim.attempts, 20)
+            delay = min(base, delivery_cfg.retry_max_seconds) * random.uniform(0.8, 1.2)
+            metrics.retried.labels(str(exc.code or "connection")).inc()
+            log.warning(
+                "subscriber %d period %s: temporary failure: %s", sub.id, period, _loggable(exc)
+            )
+            return ledger.Outcome(
+                claim, DeliveryStatus.RETRY, exc.reply or str(exc),
+                at=run.clock() + timedelta(seconds=delay), message_id=digest.message_id,
+            )  # fmt: skip
+        except PermanentDeliveryError as exc:
+            metrics.failed.labels("bounce").inc()
+            return ledger.Outcome(
+                claim, DeliveryStatus.FAILED, exc.reply or str(exc), code=exc.code or 550,
+                message_id=digest.message_id,
+            )  # fmt: skip
+        except DigestdError as exc:
+            metrics.failed.labels("error").inc()
+            log.error("subscriber %d period %s: %s", sub.id, period, _loggable(exc))
+            return ledger.Outcome(claim, DeliveryStatus.FAILED, str(exc))
+        except Exception:
+            # Top of a job: an unexpected error leaves the digest for a later attempt.
+            log.exception("subscriber %d period %s: unexpected error", sub.id, period)
+            metrics.retried.labels("internal").inc()
+            return ledger.Outcome(
+                claim, DeliveryStatus.RETRY, "internal error", at=run.now + timedelta(minutes=15)
+            )
     metrics.sent.inc()
     metrics.latency.observe(time.perf_counter() - started)
-    log.info(
+    log.debug(
         "subscriber %d period %s: sent %d papers: %s",
-        sub.id, period, len(matches), _loggable(reply),
+        sub.id, period, len(digest.matches), _loggable(reply),
     )  # fmt: skip
-    return "sent"
+    return ledger.Outcome(
+        claim, DeliveryStatus.SENT, reply, message_id=digest.message_id,
+        papers=[(m.paper.id, m.score) for m in digest.matches],
+    )  # fmt: skip
+
+
+def _count_bounce(run: _Run, outcome: ledger.Outcome) -> None:
+    """A relay refused the digest for good: count it against the subscriber."""
+    delivery_cfg = run.services.config.delivery
+    reply = outcome.reply
+    sid, period = outcome.claim.subscriber_id, outcome.claim.period
+    no_such_user = " 5.1." in f" {reply}"
+    bounced = run.services.store.record_bounce(
+        sid,
+        hard=True,
+        reason=reply,
+        limit=delivery_cfg.bounce_limit_no_such_user if no_such_user else delivery_cfg.bounce_limit,
+    )
+    log.warning(
+        "subscriber %d period %s: bounced%s: %s",
+        sid, period, " (now marked bounced)" if bounced else "", _loggable(reply),
+    )  # fmt: skip
+
+
+#: digests claimed and matched together: one transaction claims them all
+CHUNK = 100
+#: sent digests recorded together (one transaction); see _send_chunk
+FLUSH = 16
+
+_COUNTED = {
+    DeliveryStatus.SENT: "sent",
+    DeliveryStatus.EMPTY: "empty",
+    DeliveryStatus.WAITING: "waiting",
+    DeliveryStatus.RETRY: "retry",
+    DeliveryStatus.FAILED: "failed",
+    DeliveryStatus.EXPIRED: "expired",
+}
 
 
 def preview(
@@ -429,7 +643,7 @@ def preview(
     sub = services.store.subscriber(email)
     assert sub.id is not None
     prefs = services.store.preferences([sub.id])[sub.id]
-    run = _Run(services, now)
+    run = _Run(services, now, *_Run.load(services, now))
     matches = run.matches_for(sub, prefs)
     if not matches:
         return [], None

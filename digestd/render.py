@@ -8,9 +8,12 @@ is http(s).
 
 from __future__ import annotations
 
+import binascii
+import email
 import email.policy
 import functools
 import re
+import secrets
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ import jinja2
 
 from digestd.errors import ConfigError, InvalidInput
 from digestd.matcher import Match
-from digestd.paper import fold
+from digestd.paper import Paper, fold
 
 _HERE = Path(__file__).resolve().parent
 # A wheel ships the templates inside the package; a source tree keeps them at the top, where
@@ -173,24 +176,82 @@ class Renderer:
 
     def render(self, d: DigestInput) -> EmailMessage:
         """The complete message: multipart/alternative, text/plain first, then text/html."""
+        message = email.message_from_bytes(mime(self.render_parts(d)), policy=POLICY)
+        assert isinstance(message, EmailMessage)
+        return message
+
+    def render_bytes(self, d: DigestInput) -> bytes:
+        """The message as it goes on the wire (CRLF): what the send path delivers."""
+        return mime(self.render_parts(d))
+
+    def render_parts(self, d: DigestInput) -> Parts:
+        """Validated headers and both bodies; `mime` puts them together."""
         headers, context = _prepare(d)
-        msg = EmailMessage(policy=POLICY)
-        for name, value in headers:
-            msg[name] = value
-        msg["MIME-Version"] = "1.0"
-        msg.make_alternative()
-        text, html = self._text.render(context), self._render_html(context)
-        for body, subtype in ((text, "plain"), (html, "html")):
-            # Quoted-printable keeps lines short and the size close to the text without relying
-            # on the server's 8BITMIME; MIME-Version belongs on the top level only.
-            part = EmailMessage(policy=POLICY)
-            part.set_content(body, subtype=subtype, charset="utf-8", cte="quoted-printable")
-            del part["MIME-Version"]
-            msg.attach(part)
-        return msg
+        return Parts(headers, self._text.render(context), self._render_html(context))
 
     def _render_html(self, context: Mapping[str, Any]) -> str:
         return str(self._inliner.inline(self._html.render(context)))
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    headers: Sequence[tuple[str, str | Address]]
+    text: str
+    html: str
+
+
+def mime(parts: Parts) -> bytes:
+    """multipart/alternative with quoted-printable text and HTML, assembled directly.
+
+    The stdlib's EmailMessage costs ~5 ms a digest to build and serialise, ten times the
+    templates; this writes the same structure in a fraction of that. Headers whose value is
+    short ASCII are written as they are; any other goes through the stdlib's folding and RFC
+    2047 encoding (POLICY), so the result reads back exactly as an EmailMessage would write
+    it. Quoted-printable never writes ``=_``, so the boundary cannot occur in a body.
+    """
+    utf8 = any(isinstance(v, Address) and not v.addr_spec.isascii() for _, v in parts.headers)
+    out = [_header(name, value, utf8) for name, value in parts.headers]
+    boundary = f"=_{secrets.token_hex(12)}"
+    out.append("MIME-Version: 1.0\r\n")
+    out.append(f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n')
+    head = "".join(out).encode("utf-8" if utf8 else "ascii")
+    chunks = [head]
+    for subtype, body in (("plain", parts.text), ("html", parts.html)):
+        chunks.append(
+            f'--{boundary}\r\nContent-Type: text/{subtype}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii")
+        )
+        chunks.append(_qp(body))
+        chunks.append(b"\r\n")  # the line break before a boundary belongs to the boundary
+    chunks.append(f"--{boundary}--\r\n".encode("ascii"))
+    return b"".join(chunks)
+
+
+_UTF8_POLICY = POLICY.clone(utf8=True)
+
+
+def _header(name: str, value: str | Address, utf8: bool) -> str:
+    text = str(value)
+    if text.isascii() and len(name) + 2 + len(text) <= 78 and not _CONTROL.search(text):
+        return f"{name}: {text}\r\n"
+    return _folded(name, text, utf8)
+
+
+@functools.lru_cache(maxsize=1024)
+def _folded(name: str, value: str, utf8: bool) -> str:
+    # Cached: From, Subject and List-Id repeat across a send's digests. An Address's str()
+    # (quoted where it must be) parses back to the same address.
+    policy = _UTF8_POLICY if utf8 else POLICY
+    return str(policy.fold(*policy.header_store_parse(name, value)))
+
+
+def _qp(body: str) -> bytes:
+    if "\r" in body:
+        body = body.replace("\r\n", "\n").replace("\r", "\n")
+    if not body.endswith("\n"):
+        body += "\n"
+    encoded = binascii.b2a_qp(body.encode("utf-8"), quotetabs=False, istext=True, header=False)
+    return encoded.replace(b"\n", b"\r\n")
 
 
 def _subject(d: DigestInput) -> str:
@@ -205,8 +266,12 @@ def _papers(n: int) -> str:
     return f"{n} paper{'' if n == 1 else 's'}"
 
 
+@functools.lru_cache(maxsize=8192)
 def wrap(text: str, indent: int = 0, first: str | None = None) -> str:
-    """Jinja filter: fill ``text`` to the text width; URLs and long words are never broken."""
+    """Jinja filter: fill ``text`` to the text width; URLs and long words are never broken.
+
+    Cached: a paper's title, authors and blurb are the same in every digest that has it.
+    """
     pad = " " * indent
     return textwrap.fill(
         text,
@@ -274,6 +339,24 @@ def _prepare(d: DigestInput) -> tuple[list[tuple[str, str | Address]], dict[str,
 
 def _item(number: int, match: Match, feedback: tuple[str, str] | None) -> Item:
     p = match.paper
+    title, url, authors, blurb, links = _shown(p)
+    more, less = feedback or ("", "")
+    return Item(
+        number=number,
+        id=p.id,
+        title=title,
+        url=url,
+        authors=authors,
+        blurb=blurb,
+        why=fold(match.why),
+        links=links,
+        feedback=_links((("More like this", more), ("Less like this", less))),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _shown(p: Paper) -> tuple[str, str, str, str, tuple[Link, ...]]:
+    """What a digest shows of a paper whoever it is for: worked out once per paper in a send."""
     links = (
         ("arXiv", p.abs_url),
         ("PDF", p.pdf_url),
@@ -281,18 +364,8 @@ def _item(number: int, match: Match, feedback: tuple[str, str] | None) -> Item:
         ("Code", p.code_url),
         ("Project page", p.project_url),
     )
-    more, less = feedback or ("", "")
-    return Item(
-        number=number,
-        id=p.id,
-        title=fold(p.title),
-        url=_safe_url(p.abs_url),
-        authors=_authors(p.authors),
-        blurb=fold(p.summary) or _trim(fold(p.abstract), _BLURB_CHARS),
-        why=fold(match.why),
-        links=_links(links),
-        feedback=_links((("More like this", more), ("Less like this", less))),
-    )
+    blurb = fold(p.summary) or _trim(fold(p.abstract), _BLURB_CHARS)
+    return fold(p.title), _safe_url(p.abs_url), _authors(p.authors), blurb, _links(links)
 
 
 def _links(pairs: Sequence[tuple[str, str]]) -> tuple[Link, ...]:

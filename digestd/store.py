@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -612,6 +614,28 @@ class Store:
                 .limit(limit)
             )
             return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Whether this process may do the job ``name`` now, several instances sharing the
+        database: a PostgreSQL advisory lock, held on its own connection while the block
+        runs and freed when it ends (or when the process dies with its connection). SQLite
+        serves one machine's single instance; there it is always True."""
+        if self.engine.dialect.name != "postgresql":
+            yield True
+            return
+        key = int.from_bytes(
+            hashlib.sha256(f"digestd:{name}".encode()).digest()[:8], "big", signed=True
+        )
+        with self.engine.connect() as conn:
+            got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                    conn.commit()
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -100,6 +100,7 @@ class Relay:
             return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
+        self._write(event="rcpt", rcpt=addr)  # a send under way (tests wait for these)
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:

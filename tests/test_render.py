@@ -129,12 +129,25 @@ def test_headers_exactly_as_specified(renderer: Renderer) -> None:
     assert f"\r\nList-Unsubscribe: <{UNSUBSCRIBE}>,\r\n <{MAILTO}>\r\n".encode() in raw
 
 
-def test_list_unsubscribe_survives_another_generator(renderer: Renderer) -> None:
-    # aiosmtplib flattens EmailMessage with policy.default and CRLF, not the message's policy
-    raw = renderer.render(_input(SAMPLE[:1])).as_bytes(
-        policy=email.policy.default.clone(linesep="\r\n")
-    )
+def test_the_wire_bytes_are_the_message_and_keep_list_unsubscribe_whole(
+    renderer: Renderer,
+) -> None:
+    # Digests go out as render_bytes(), never re-flattened by another generator (aiosmtplib's
+    # policy.default would RFC 2047-encode a long List-Unsubscribe).
+    d = _input(SAMPLE[:2])
+    raw = renderer.render_bytes(d)
     assert f"\r\nList-Unsubscribe: <{UNSUBSCRIBE}>\r\n".encode() in raw
+    assert raw.isascii() and raw.count(b"\n") == raw.count(b"\r\n")
+    assert max(len(line) for line in raw.split(b"\r\n") if b"unsubscribe/" not in line) <= 78
+    wire = email.message_from_bytes(raw, policy=email.policy.default)
+    msg = renderer.render(d)
+    for name in ("From", "To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe"):
+        assert wire[name] == msg[name]
+    parts = renderer.render_parts(d)
+    for kind, text in (("plain", parts.text), ("html", parts.html)):
+        body = wire.get_body((kind,))
+        assert body is not None
+        assert body.get_content().replace("\r\n", "\n") == text.rstrip("\n") + "\n"
 
 
 @pytest.mark.parametrize(("mailto", "expected"), [("", f"<{UNSUBSCRIBE}>"), (MAILTO, None)])

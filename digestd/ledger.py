@@ -1,0 +1,315 @@
+"""The delivery ledger in batches: what a send does to the database for many digests at once.
+
+A send of a hundred thousand digests cannot afford several transactions per digest. Here a
+chunk of digests is claimed in one transaction, its subscribers' history read in three
+queries, and its outcomes recorded in one transaction. Claims are safe across processes: new
+rows are inserted claimed (``ON CONFLICT DO NOTHING``: a row another worker inserted first is
+theirs), and existing rows are taken over with ``SELECT … FOR UPDATE SKIP LOCKED`` (PostgreSQL;
+SQLite has one writer at a time and needs no row locks) and a conditional UPDATE, so two
+workers never hold the same digest. `digestd.store` keeps the one-row forms of these
+operations for the web, the CLI and the tests.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from digestd.models import Delivery, DeliveryStatus, Feedback, PaperRow, SentPaper, Subscriber
+
+_DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
+_SENT = SentPaper.__table__  # type: ignore[attr-defined]
+_SUBSCRIBERS = Subscriber.__table__  # type: ignore[attr-defined]
+_FEEDBACK = Feedback.__table__  # type: ignore[attr-defined]
+_PAPERS = PaperRow.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A delivery row this worker holds until its lease runs out."""
+
+    id: int
+    subscriber_id: int
+    period: date
+    attempts: int
+    message_id: str
+    reply: str
+    lease_until: datetime
+    #: the row was inserted by this claim (no earlier attempt): releasing it deletes it
+    fresh: bool
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one claimed digest, to be recorded with the others of its chunk."""
+
+    claim: Claim
+    status: DeliveryStatus
+    reply: str = ""
+    #: RETRY / WAITING: when to look again
+    at: datetime | None = None
+    #: SENT: the papers, in digest order, with their scores
+    papers: Sequence[tuple[str, float]] = ()
+    message_id: str = ""
+    #: FAILED: the relay's reply code (a bounce to count against the subscriber)
+    code: int = 0
+    #: counted as "not due or already done" (the subscriber left), not as a digest outcome
+    skipped: bool = False
+
+
+@dataclass(slots=True)
+class History:
+    """What a chunk of subscribers received before, for the matcher."""
+
+    #: subscriber → ids of the given papers already sent to them
+    sent: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
+    #: subscriber → (paper id, vote) newest first
+    votes: dict[int, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
+
+
+def _insert(engine: sa.Engine) -> Any:
+    return sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+
+
+def _claim(row: Any, fresh: bool) -> Claim:
+    return Claim(
+        row.id, row.subscriber_id, row.period, row.attempts, row.message_id or "",
+        row.reply or "", row.lease_until, fresh,
+    )  # fmt: skip
+
+
+def claim(
+    engine: sa.Engine,
+    keys: Iterable[tuple[int, date]],
+    *,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+) -> list[Claim]:
+    """Claim the (subscriber, period) rows given, in one transaction; return those won.
+
+    A row is won when it is new, due for a retry or a second look (``next_attempt_at``
+    passed), or claimed under a lease that ran out (its worker died). Rows another worker
+    holds, or has locked at this moment, are skipped: they are that worker's to send.
+    """
+    by_period: dict[date, list[int]] = defaultdict(list)
+    for subscriber_id, period in keys:
+        by_period[period].append(subscriber_id)
+    until = now + lease
+    c = _DELIVERIES.c
+    won: list[Claim] = []
+    with engine.begin() as conn:
+        for period, ids in sorted(by_period.items()):
+            rows = [
+                {
+                    "subscriber_id": i,
+                    "period": period,
+                    "status": DeliveryStatus.CLAIMED.value,
+                    "attempts": 0,
+                    "owner": owner,
+                    "lease_until": until,
+                    "message_id": "",
+                    "paper_count": 0,
+                    "reply": "",
+                    "created_at": now,
+                }
+                for i in sorted(set(ids))
+            ]
+            new = conn.execute(
+                _insert(engine)(_DELIVERIES)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
+                .returning(*c)
+            ).all()
+            won += (_claim(r, True) for r in new)
+            inserted = {r.subscriber_id for r in new}
+            rest = [i for i in ids if i not in inserted]
+            if not rest:
+                continue
+            due = sa.or_(
+                sa.and_(
+                    c.status.in_([DeliveryStatus.RETRY.value, DeliveryStatus.WAITING.value]),
+                    c.next_attempt_at <= now,
+                ),
+                sa.and_(c.status == DeliveryStatus.CLAIMED.value, c.lease_until < now),
+            )
+            free = (
+                sa.select(c.id)
+                .where(c.subscriber_id.in_(rest), c.period == period, due)
+                .with_for_update(skip_locked=True)  # SQLite leaves FOR UPDATE out
+            )
+            # The conditions again in the UPDATE: on SQLite nothing was locked by the SELECT.
+            taken = conn.execute(
+                _DELIVERIES.update()
+                .where(c.id.in_(free.scalar_subquery()), due)
+                .values(status=DeliveryStatus.CLAIMED.value, owner=owner, lease_until=until)
+                .returning(*c)
+            ).all()
+            won += (_claim(r, False) for r in taken)
+    won.sort(key=lambda w: w.subscriber_id)
+    return won
+
+
+def release(engine: sa.Engine, claims: Sequence[Claim], *, owner: str, now: datetime) -> None:
+    """Give back claims that were never attempted (shutdown, or a lease too far gone to start
+    a send in): a row this worker created goes, any other is due again at once."""
+    c = _DELIVERIES.c
+    mine = sa.and_(c.owner == owner, c.status == DeliveryStatus.CLAIMED.value)
+    with engine.begin() as conn:
+        if new := [x.id for x in claims if x.fresh]:
+            conn.execute(_DELIVERIES.delete().where(c.id.in_(new), mine))
+        if old := [x.id for x in claims if not x.fresh]:
+            conn.execute(
+                _DELIVERIES.update()
+                .where(c.id.in_(old), mine)
+                .values(status=DeliveryStatus.RETRY.value, next_attempt_at=now, lease_until=None)
+            )
+
+
+def subscribers(engine: sa.Engine, ids: Sequence[int]) -> dict[int, Subscriber]:
+    """The subscribers as they are now (an unsubscribe may have landed since the batch was
+    read): loaded after the claim, so it takes effect before anything is rendered."""
+    if not ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(_SUBSCRIBERS).where(_SUBSCRIBERS.c.id.in_(ids))).all()
+    return {r.id: Subscriber.model_construct(**r._asdict()) for r in rows}
+
+
+def last_sent(engine: sa.Engine, ids: Sequence[int]) -> dict[int, datetime]:
+    """When each of the subscribers was last sent a digest (absent: never)."""
+    if not ids:
+        return {}
+    d = _DELIVERIES.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(d.subscriber_id, sa.func.max(d.sent_at))
+            .where(d.subscriber_id.in_(ids), d.status == DeliveryStatus.SENT.value)
+            .group_by(d.subscriber_id)
+        )
+        return {i: at for i, at in rows if at is not None}
+
+
+def history(engine: sa.Engine, ids: Sequence[int], paper_ids: Iterable[str]) -> History:
+    """Which of ``paper_ids`` each subscriber already had, and their votes (newest first) on
+    papers still stored."""
+    out = History()
+    if not ids:
+        return out
+    s, f = _SENT.c, _FEEDBACK.c
+    papers = sorted(set(paper_ids))
+    with engine.connect() as conn:
+        if papers:
+            for i, pid in conn.execute(
+                sa.select(s.subscriber_id, s.paper_id).where(
+                    s.subscriber_id.in_(ids), s.paper_id.in_(papers)
+                )
+            ):
+                out.sent[i].add(pid)
+        for i, pid, vote in conn.execute(
+            sa.select(f.subscriber_id, f.paper_id, f.vote)
+            .join(_PAPERS, _PAPERS.c.id == f.paper_id)
+            .where(f.subscriber_id.in_(ids))
+            .order_by(f.subscriber_id, f.created_at.desc(), f.id.desc())
+        ):
+            out.votes[i].append((pid, vote))
+    return out
+
+
+def record(engine: sa.Engine, outcomes: Sequence[Outcome], *, now: datetime) -> list[Outcome]:
+    """Record a chunk's outcomes in one transaction; return the SENT outcomes that another
+    worker had recorded first (its lease ran out mid-send; the relay may have the digest
+    twice, with one Message-ID) — those rows are left as that worker wrote them."""
+    c = _DELIVERIES.c
+    sent = [o for o in outcomes if o.status == DeliveryStatus.SENT]
+    others = [o for o in outcomes if o.status != DeliveryStatus.SENT]
+    lost: list[Outcome] = []
+    with engine.begin() as conn:
+        if sent:
+            # First the rows we win (locked until commit on PostgreSQL), then their details.
+            won = set(
+                conn.execute(
+                    _DELIVERIES.update()
+                    .where(
+                        c.id.in_([o.claim.id for o in sent]),
+                        c.status != DeliveryStatus.SENT.value,
+                    )
+                    .values(
+                        status=DeliveryStatus.SENT.value,
+                        sent_at=now,
+                        lease_until=None,
+                        attempts=c.attempts + 1,
+                    )
+                    .returning(c.id)
+                ).scalars()
+            )
+            lost = [o for o in sent if o.claim.id not in won]
+            mine = [o for o in sent if o.claim.id in won]
+            if mine:
+                conn.execute(
+                    _DELIVERIES.update()
+                    .where(c.id == sa.bindparam("b_id"))
+                    .values(
+                        reply=sa.bindparam("b_reply"),
+                        paper_count=sa.bindparam("b_count"),
+                        message_id=sa.bindparam("b_message_id"),
+                    ),
+                    [
+                        {
+                            "b_id": o.claim.id,
+                            "b_reply": o.reply[:500],
+                            "b_count": len(o.papers),
+                            "b_message_id": o.message_id,
+                        }
+                        for o in mine
+                    ],
+                )
+                papers = [
+                    {
+                        "subscriber_id": o.claim.subscriber_id,
+                        "paper_id": pid,
+                        "delivery_id": o.claim.id,
+                        "position": n,
+                        "score": score,
+                    }
+                    for o in mine
+                    for n, (pid, score) in enumerate(o.papers, 1)
+                ]
+                for i in range(0, len(papers), 1000):
+                    conn.execute(
+                        _insert(engine)(_SENT)
+                        .values(papers[i : i + 1000])
+                        .on_conflict_do_nothing(index_elements=["subscriber_id", "paper_id"])
+                    )
+        if others:
+            conn.execute(
+                _DELIVERIES.update()
+                .where(c.id == sa.bindparam("b_id"))
+                .values(
+                    status=sa.bindparam("b_status"),
+                    reply=sa.bindparam("b_reply"),
+                    next_attempt_at=sa.bindparam("b_at"),
+                    lease_until=None,
+                    attempts=sa.bindparam("b_attempts"),
+                    message_id=sa.bindparam("b_message_id"),
+                ),
+                [
+                    {
+                        "b_id": o.claim.id,
+                        "b_status": o.status.value,
+                        "b_reply": o.reply[:500],
+                        "b_at": o.at,
+                        "b_message_id": o.message_id or o.claim.message_id,
+                        "b_attempts": o.claim.attempts
+                        + (o.status in (DeliveryStatus.RETRY, DeliveryStatus.FAILED)),
+                    }
+                    for o in others
+                ],
+            )
+    return lost

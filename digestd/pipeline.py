@@ -435,16 +435,18 @@ async def _send_chunk(
         history = ledger.history(engine, ids, (p.id for p, seen in run.papers if seen > oldest))
     outcomes: list[ledger.Outcome] = []
     ready: list[_Digest] = []
-    with stages.timing("match"):
-        for claim in claims:
+    for n, claim in enumerate(claims, 1):
+        with stages.timing("match"):
             sub = subs.get(claim.subscriber_id)
             since = run.since(last_sent.get(claim.subscriber_id))
             due = due_at[claim.subscriber_id, claim.period]
             decided = _decide(run, claim, sub, prefs, history, since, due)
-            if isinstance(decided, _Digest):
-                ready.append(decided)
-            else:
-                outcomes.append(decided)
+        if isinstance(decided, _Digest):
+            ready.append(decided)
+        else:
+            outcomes.append(decided)
+        if n % 20 == 0:
+            await asyncio.sleep(0)  # the web front in the same loop answers in between
     limit = asyncio.Semaphore(concurrency or max(1, services.config.smtp.pool_size))
     pending: list[ledger.Outcome] = []
 

@@ -6,10 +6,12 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode, int_to_bytes
 
 from digestd.errors import ConfigError, DigestdError
 
@@ -44,6 +46,12 @@ class Signer:
     def __init__(self, secret: bytes | str) -> None:
         self._s = URLSafeTimedSerializer(secret, salt="digestd-links")
         self._key = secret.encode() if isinstance(secret, str) else secret
+        # make() is called ~two dozen times a digest; itsdangerous derives the key again for
+        # every signature. The same token, from the same parts, with the key derived once.
+        signer = self._s.make_signer()
+        self._derived = signer.derive_key()
+        self._digest = signer.digest_method
+        self._sep = signer.sep
 
     def mac(self, purpose: str, text: str, size: int = 10) -> bytes:
         """A short HMAC of ``text`` for ``purpose``: the signature of tokens that must fit in a
@@ -53,7 +61,11 @@ class Signer:
 
     def make(self, purpose: str, subscriber_id: int, version: int, extra: str = "") -> str:
         assert purpose in PURPOSES, purpose
-        return self._s.dumps([purpose, subscriber_id, version, extra])
+        # URLSafeTimedSerializer.dumps, step by step (tests compare the two).
+        value = self._s.dump_payload([purpose, subscriber_id, version, extra])
+        value += self._sep + base64_encode(int_to_bytes(int(time.time())))
+        mac = hmac.new(self._derived, value, self._digest).digest()
+        return (value + self._sep + base64_encode(mac)).decode("ascii")
 
     def load(self, token: str, purpose: str, *, max_age: int | None = None) -> Claim:
         age = MAX_AGE[purpose] if max_age is None else max_age

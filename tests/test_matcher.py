@@ -191,3 +191,26 @@ def test_a_passing_partial_match_says_which_words_met() -> None:
     # "LLM" is a word most stored papers have: "safety" carries the phrase
     [m] = rank([p], Profile(topics=("LLM safety",)), corpus=Corpus.of([*DAY, p]))
     assert "“Safety”" in m.why and "“LLM safety”" in m.why
+
+
+def test_reading_only_papers_holding_a_topic_word_changes_nothing() -> None:
+    # rank() reads only the papers that hold a word of some topic (the send path's speed);
+    # a category nobody has makes it read every paper. Both must agree to the last digit.
+    papers = [p for f in sorted(HF_DAYS.glob("*.json")) for p in jsonfile.load(f)]
+    corpus = Corpus.of(papers)
+    words = sorted({k for p in papers for k in p.keywords})
+    profiles = [(w,) for w in words[::7]] + [
+        ("world models", "VLA"),
+        ("diffusion language models",),
+        ("RAG", "KV cache"),
+    ]
+    compared = 0
+    for topics in profiles:
+        for exclude in ((), ("benchmark",)):
+            fast = rank(papers, Profile(topics, exclude), corpus=corpus)
+            full = rank(papers, Profile(topics, exclude, categories=("zz.none",)), corpus=corpus)
+            assert [(m.paper.id, m.score, m.why) for m in fast] == [
+                (m.paper.id, m.score, m.why) for m in full
+            ], topics
+            compared += len(full)
+    assert compared > 100  # the profiles do match papers

@@ -226,6 +226,18 @@ def _own(topic: Topic) -> frozenset[str]:
     return frozenset(words)
 
 
+def holders(topic: Topic, corpus: Corpus) -> frozenset[str]:
+    """Ids of the corpus's papers holding a word of ``topic`` in any field: every reading
+    (phrase, words, coverage) needs one, so no other paper can score above 0 for it."""
+    key = ("holders", topic.text)
+    known = corpus.memo.get(key)
+    if isinstance(known, frozenset):
+        return known
+    found = frozenset(pid for s_ in _own(topic) for pid in corpus.postings.get(s_, ()))
+    corpus.remember(key, found)
+    return found
+
+
 def context(topic: Topic, corpus: Corpus) -> Mapping[str, float]:
     """What else the stored papers that are clearly about ``topic`` talk about: the mean of
     their vectors without the topic's own words (pseudo-relevance feedback, Rocchio)."""

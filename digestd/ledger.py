@@ -43,6 +43,7 @@ class Claim:
     lease_until: datetime
     #: the row was inserted by this claim (no earlier attempt): releasing it deletes it
     fresh: bool
+    owner: str = ""
 
 
 @dataclass(slots=True)
@@ -80,7 +81,7 @@ def _insert(engine: sa.Engine) -> Any:
 def _claim(row: Any, fresh: bool) -> Claim:
     return Claim(
         row.id, row.subscriber_id, row.period, row.attempts, row.message_id or "",
-        row.reply or "", row.lease_until, fresh,
+        row.reply or "", row.lease_until, fresh, row.owner,
     )  # fmt: skip
 
 
@@ -96,7 +97,9 @@ def claim(
 
     A row is won when it is new, due for a retry or a second look (``next_attempt_at``
     passed), or claimed under a lease that ran out (its worker died). Rows another worker
-    holds, or has locked at this moment, are skipped: they are that worker's to send.
+    holds, or has locked at this moment, are skipped: they are that worker's to send. (A row
+    another worker is inserting in a transaction still open is waited for, briefly, by the
+    INSERT, and then not won.)
     """
     by_period: dict[date, list[int]] = defaultdict(list)
     for subscriber_id, period in keys:
@@ -288,9 +291,15 @@ def record(engine: sa.Engine, outcomes: Sequence[Outcome], *, now: datetime) -> 
                         .on_conflict_do_nothing(index_elements=["subscriber_id", "paper_id"])
                     )
         if others:
+            # Only rows still claimed by the worker that decided: one whose lease ran out may
+            # have been taken over, and even sent, by another worker meanwhile.
             conn.execute(
                 _DELIVERIES.update()
-                .where(c.id == sa.bindparam("b_id"))
+                .where(
+                    c.id == sa.bindparam("b_id"),
+                    c.owner == sa.bindparam("b_owner"),
+                    c.status == DeliveryStatus.CLAIMED.value,
+                )
                 .values(
                     status=sa.bindparam("b_status"),
                     reply=sa.bindparam("b_reply"),
@@ -302,6 +311,7 @@ def record(engine: sa.Engine, outcomes: Sequence[Outcome], *, now: datetime) -> 
                 [
                     {
                         "b_id": o.claim.id,
+                        "b_owner": o.claim.owner,
                         "b_status": o.status.value,
                         "b_reply": o.reply[:500],
                         "b_at": o.at,

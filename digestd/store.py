@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import secrets
@@ -78,11 +79,31 @@ class Store:
         return store
 
     def migrate(self) -> None:
+        """Bring the schema to the newest revision. Instances started together on a new
+        database take turns (PostgreSQL: an advisory lock held for the transaction; SQLite: a
+        lock file), or their CREATE TABLEs would collide."""
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
+        with self._sqlite_file_lock(), self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("migrate"))))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+
+    @contextmanager
+    def _sqlite_file_lock(self) -> Iterator[None]:
+        # SQLite runs the migrations' DDL outside a transaction (pysqlite), so processes
+        # migrating one file at once take turns on a lock file beside it.
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate-lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
@@ -624,9 +645,7 @@ class Store:
         if self.engine.dialect.name != "postgresql":
             yield True
             return
-        key = int.from_bytes(
-            hashlib.sha256(f"digestd:{name}".encode()).digest()[:8], "big", signed=True
-        )
+        key = _lock_key(name)
         with self.engine.connect() as conn:
             got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
             conn.commit()
@@ -817,6 +836,12 @@ class Store:
         with self.session() as s:
             row = s.get(PaperRow, paper_id)
             return _paper(row) if row is not None else None
+
+
+def _lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit number) for a job of digestd's."""
+    digest = hashlib.sha256(f"digestd:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _event_kind(status: Status) -> str:

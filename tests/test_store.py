@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -172,3 +174,21 @@ def test_a_digest_recorded_by_another_worker_is_not_recorded_twice(store: Store)
     assert not store.mark_sent(first, [Match(p, 0.9, "why")], reply="250 w1", now=T0)
     row = store.delivery(sub, DAY)
     assert row is not None and row.reply == "250 w2" and row.attempts == 1
+
+
+def test_instances_started_together_on_a_new_database_all_migrate(database_url: str) -> None:
+    # Several `digestd run` started at once against an empty database: each migrates. On
+    # PostgreSQL (an advisory lock) and SQLite (a lock file) they take turns, else their
+    # CREATE TABLEs collide.
+    code = "import sys; from digestd.store import Store; Store.open(sys.argv[1]).close()"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, database_url], stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    store = Store(database_url)
+    try:
+        assert store.revision() is not None
+    finally:
+        store.close()

@@ -46,6 +46,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._busy = asyncio.Lock()  # held by a tick or fetch; a reload or stop waits for it
         self._fetch_failures = 0
+        self._sending: asyncio.Task[None] | None = None
         self.app = create_app(self.services, routers=[router(self.state)])
         self.scheduler = Scheduler(self.fetch_job, self.tick_job)
 
@@ -84,7 +85,14 @@ class Daemon:
     async def tick_job(self) -> None:
         if self.stop_sending.is_set():
             return
+        if self._sending is not None and not self._sending.done():
+            return  # a long send is under way; the next tick after it sends what came due
         self.state.last_tick = datetime.now(UTC)
+        # In a task of its own, so the job returns at once: a send of many digests outlasts
+        # many ticks, and the scheduler would warn about each one it had to skip.
+        self._sending = asyncio.create_task(self._send_due(), name="send")
+
+    async def _send_due(self) -> None:
         try:
             async with self._busy:
                 await pipeline.send_due(self.services, stop=self.stop_sending)
@@ -162,6 +170,8 @@ class Daemon:
                 "and be taken over on the next start",
                 grace,
             )
+            if self._sending is not None:
+                self._sending.cancel()
         self.scheduler.shutdown()
         self.state.scheduler_running = False
         watchdog.cancel()

@@ -284,11 +284,13 @@ def record(engine: sa.Engine, outcomes: Sequence[Outcome], *, now: datetime) -> 
                     for o in mine
                     for n, (pid, score) in enumerate(o.papers, 1)
                 ]
-                for i in range(0, len(papers), 1000):
+                if papers:
+                    # executemany of one statement: compiled once, batched by the driver
                     conn.execute(
-                        _insert(engine)(_SENT)
-                        .values(papers[i : i + 1000])
-                        .on_conflict_do_nothing(index_elements=["subscriber_id", "paper_id"])
+                        _insert(engine)(_SENT).on_conflict_do_nothing(
+                            index_elements=["subscriber_id", "paper_id"]
+                        ),
+                        papers,
                     )
         if others:
             # Only rows still claimed by the worker that decided: one whose lease ran out may

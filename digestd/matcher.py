@@ -18,7 +18,6 @@ from digestd.matching.corpus import Corpus
 from digestd.matching.lexical import Preferences, exclusion, interest
 from digestd.matching.similar import PULL, PUSH, Space, closest, short, voted
 from digestd.matching.text import terms
-from digestd.matching.topics import holders
 from digestd.paper import Paper
 
 __all__ = [
@@ -82,13 +81,13 @@ def rank(
     prefs = Preferences.compile(
         corpus, profile.topics, profile.exclude, profile.authors, profile.categories
     )
-    if not (profile.liked or profile.disliked or prefs.authors or prefs.categories):
-        # Only topics can score: read just the papers holding one of their words. A send
-        # ranks a day's papers for every subscriber; most papers share no word with a
-        # given profile, so this is most of the work saved. Same result as reading all.
-        possible: set[str] = set()
-        for topic in prefs.topics:
-            possible |= holders(topic, corpus)
+    if not (profile.liked or profile.disliked):
+        # Read just the papers that can score: those holding a word of a topic, by a followed
+        # author or in a category asked for. A send ranks a day's papers for every
+        # subscriber and most papers share nothing with a given profile, so this is most of
+        # the work saved; the result is the same as reading all. (Votes pull in papers like
+        # the ones voted on, whatever their words: then every paper is read.)
+        possible = prefs.possible()
         candidates = [p for p in candidates if p.id in possible or _outside(p, corpus)]
     docs = [corpus.doc(p) for p in candidates]
     liked, disliked = [], []

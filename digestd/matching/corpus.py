@@ -10,6 +10,7 @@ analysed form of each paper, the one-time work a new paper needs.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 from collections import Counter
@@ -216,10 +217,12 @@ class Corpus:
         return out
 
     def remember(self, key: object, value: object) -> None:
-        """Keep ``value`` in the memo, which stays bounded: past MEMO_LIMIT entries it starts
-        over (a million subscribers can bring hundreds of thousands of distinct topics)."""
+        """Keep ``value`` in the memo, which stays bounded: past MEMO_LIMIT entries the
+        older half goes (a million subscribers can bring hundreds of thousands of distinct
+        topics; those worked out first go first)."""
         if len(self.memo) >= MEMO_LIMIT:
-            self.memo.clear()
+            for old in list(itertools.islice(self.memo, MEMO_LIMIT // 2)):
+                del self.memo[old]
         self.memo[key] = value
 
     def prefixed(self, prefix: str) -> tuple[str, ...]:

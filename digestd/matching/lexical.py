@@ -3,12 +3,13 @@ exclusions. Feedback and semantic similarity are layered on top by `digestd.matc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from digestd.matching.authors import Name
 from digestd.matching.corpus import Corpus, Doc
-from digestd.matching.topics import Topic, combine, compile_topic, evidence
+from digestd.matching.topics import Topic, combine, compile_topic, evidence, holders
+from digestd.paper import Paper
 
 #: a topic weaker than this is not worth a word in the explanation
 MENTION = 0.1
@@ -47,6 +48,42 @@ class Preferences:
             frozenset(c.casefold() for c in categories),
             corpus,
         )
+
+    def possible(self) -> set[str]:
+        """Ids of the corpus's papers that can score above 0 for these preferences: those
+        holding a word of a topic, by an author of a followed name, or in a category asked
+        for. Every other paper scores 0 (interest() needs one of these to say anything)."""
+        corpus = self.corpus
+        found: set[str] = set()
+        for topic in self.topics:
+            found |= holders(topic, corpus)
+        if self.authors:
+            by_last = _index(corpus, "authors", lambda p: (Name.of(a).last for a in p.authors))
+            for name, _ in self.authors:
+                found |= by_last.get(name.last, set())
+        if self.categories:
+            by_category = _index(
+                corpus, "categories", lambda p: (c.casefold() for c in p.categories)
+            )
+            for category in self.categories:
+                found |= by_category.get(category, set())
+        return found
+
+
+def _index(
+    corpus: Corpus, name: str, keys: Callable[[Paper], Iterable[str]]
+) -> dict[str, set[str]]:
+    """key → ids of the corpus's papers with that key; built once per corpus."""
+    known = corpus.memo.get(("index", name))
+    if isinstance(known, dict):
+        return known
+    index: dict[str, set[str]] = {}
+    for pid, doc in corpus.docs.items():
+        for key in keys(doc.paper):
+            if key:
+                index.setdefault(key, set()).add(pid)
+    corpus.remember(("index", name), index)
+    return index
 
 
 def interest(doc: Doc, prefs: Preferences) -> tuple[float, list[str], str]:

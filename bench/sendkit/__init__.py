@@ -1,0 +1,1 @@
+"""Parts of the send benchmark (bench/send.py): profiles, SMTP servers, send worker, blast."""

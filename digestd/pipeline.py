@@ -9,7 +9,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -328,7 +328,7 @@ async def send_period(
     # A manual send does not wait for papers: what is stored now is what there is.
     run = await _Run.start(services, now, wait=timedelta(0))
     summary = SendSummary()
-    for batch in services.store.subscribers(status=Status.ACTIVE):
+    async for batch in _in_thread(services.store.subscribers(status=Status.ACTIVE)):
         due = [s for s in batch if is_due(s, period)]
         summary.skipped += len(batch) - len(due)
         summary.add(await _send_batch(run, [(s, period, now) for s in due], concurrency))
@@ -352,18 +352,20 @@ async def send_due(
     now = now or datetime.now(UTC)
     run = await _Run.start(services, now, stop=stop)
     by_period: dict[date, tuple[datetime, list[tuple[str, str, str, int]]]] = {}
-    for group in services.store.schedule_groups():
+    for group in await asyncio.to_thread(services.store.schedule_groups):
         due = due_period(now, group[1], group[0], group[2], group[3])
         if due is not None:
             period, moment = due
             by_period.setdefault(period, (moment, []))[1].append(group)
     summary = SendSummary()
     # Whoever just confirmed on the web gets a first digest now, not at tomorrow's send time.
-    welcome = services.store.awaiting_first_digest(since=now - timedelta(days=1))
+    welcome = await asyncio.to_thread(
+        services.store.awaiting_first_digest, since=now - timedelta(days=1)
+    )
     work = [(s, now.astimezone(zone(s.timezone)).date(), now) for s in welcome]
     summary.add(await _send_batch(run, work, concurrency))
     for period, (_, groups) in sorted(by_period.items()):
-        for batch in services.store.due_subscribers(period, groups, now=now):
+        async for batch in _in_thread(services.store.due_subscribers(period, groups, now=now)):
             if run.stop.is_set():
                 break
             work = []
@@ -380,6 +382,12 @@ async def send_due(
     if summary.sent or summary.retry or summary.failed:
         log.info("tick: %s", summary)
     return summary
+
+
+async def _in_thread(batches: Iterator[list[Subscriber]]) -> AsyncIterator[list[Subscriber]]:
+    """Each batch of a store query read in a thread, off the event loop the web front uses."""
+    while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+        yield batch
 
 
 async def _send_batch(
@@ -422,17 +430,9 @@ async def _send_chunk(
     services, stages = run.services, run.stages
     engine = services.store.engine
     due_at = {(s.id or 0, period): at for s, period, at in work}
-    with stages.timing("select"):
-        claims = ledger.claim(engine, due_at, owner=run.owner, now=run.clock(), lease=run.lease)
-        summary.skipped += len(work) - len(claims)
-        ids = [c.subscriber_id for c in claims]
-        # Read after the claim: an unsubscribe (or revoked links) that landed since the batch
-        # was loaded takes effect before anything is rendered (invariant 5).
-        subs = ledger.subscribers(engine, ids)
-        prefs = services.store.preferences(ids)
-        last_sent = ledger.last_sent(engine, ids)
-        oldest = min((run.since(last_sent.get(i)) for i in ids), default=run.now)
-        history = ledger.history(engine, ids, (p.id for p, seen in run.papers if seen > oldest))
+    # The database work of a chunk runs in a thread: the web front shares this event loop.
+    claims, subs, prefs, last_sent, history = await asyncio.to_thread(_select, run, due_at)
+    summary.skipped += len(work) - len(claims)
     outcomes: list[ledger.Outcome] = []
     ready: list[_Digest] = []
     for n, claim in enumerate(claims, 1):
@@ -493,6 +493,30 @@ async def _send_chunk(
         return []
     again = {(d.claim.subscriber_id, d.period) for d in released}
     return [w for w in work if (w[0].id, w[1]) in again]
+
+
+def _select(
+    run: _Run, due_at: Mapping[tuple[int, date], datetime]
+) -> tuple[
+    list[ledger.Claim],
+    dict[int, Subscriber],
+    dict[int, dict[str, list[str]]],
+    dict[int, datetime],
+    ledger.History,
+]:
+    """Claim a chunk and read what matching it needs: its subscribers as they are now (read
+    after the claim, so an unsubscribe that landed since takes effect before anything is
+    rendered: invariant 5), their preferences, last digests and history."""
+    engine = run.services.store.engine
+    with run.stages.timing("select"):
+        claims = ledger.claim(engine, due_at, owner=run.owner, now=run.clock(), lease=run.lease)
+        ids = [c.subscriber_id for c in claims]
+        subs = ledger.subscribers(engine, ids)
+        prefs = run.services.store.preferences(ids)
+        last_sent = ledger.last_sent(engine, ids)
+        oldest = min((run.since(last_sent.get(i)) for i in ids), default=run.now)
+        history = ledger.history(engine, ids, (p.id for p, seen in run.papers if seen > oldest))
+    return claims, subs, prefs, last_sent, history
 
 
 def _decide(

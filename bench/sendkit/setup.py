@@ -53,9 +53,17 @@ def database(url: str | None, workdir: Path, *, keep: bool) -> Iterator[str]:
 
 
 def write_config(
-    path: Path, *, url: str, port: int, pool_size: int, lookback: int, papers: Path
+    path: Path,
+    *,
+    url: str,
+    port: int,
+    pool_size: int,
+    lookback: int,
+    papers: Path,
+    extra: dict[str, dict[str, object]] | None = None,
 ) -> None:
-    """A digestd config file: the bench's database, the server on loopback, no rate limit."""
+    """A digestd config file: the bench's database, the server on loopback, no rate limit;
+    ``extra`` adds or overrides settings, table by table (``{"schedule": {...}}``)."""
     work = path.parent
     tables: dict[str, dict[str, object]] = {
         "database": {"url": url},
@@ -74,6 +82,8 @@ def write_config(
         },
         "digest": {"lookback": lookback},
     }
+    for table, body in (extra or {}).items():
+        tables[table] = {**tables.get(table, {}), **body}
     lines: list[str] = []
     for table, body in tables.items():
         lines.append(f"[{table}]")

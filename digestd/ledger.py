@@ -74,6 +74,9 @@ class History:
     votes: dict[int, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
 
 
+_SENT_STATUS = sa.func.coalesce(_DELIVERIES.c.status, "") == DeliveryStatus.SENT.value
+
+
 def _insert(engine: sa.Engine) -> Any:
     return sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
 
@@ -193,7 +196,11 @@ def last_sent(engine: sa.Engine, ids: Sequence[int]) -> dict[int, datetime]:
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(d.subscriber_id, sa.func.max(d.sent_at))
-            .where(d.subscriber_id.in_(ids), d.status == DeliveryStatus.SENT.value)
+            # coalesce(): not an indexable condition, so the planner takes the index on
+            # (subscriber_id, period). SQLite without statistics otherwise picks the one on
+            # status and reads every sent row of the table for each chunk: a million-
+            # subscriber send slowed down as it went (100 ms a chunk by the half-way mark).
+            .where(d.subscriber_id.in_(ids), _SENT_STATUS)
             .group_by(d.subscriber_id)
         )
         return {i: at for i, at in rows if at is not None}

@@ -355,7 +355,9 @@ class Store:
             return s.exec(
                 select(sa.func.max(Delivery.sent_at)).where(
                     Delivery.subscriber_id == subscriber_id,
-                    Delivery.status == DeliveryStatus.SENT,
+                    # not indexable: the (subscriber_id, period) index, never the status one
+                    # (see ledger.last_sent)
+                    sa.func.coalesce(Delivery.status, "") == DeliveryStatus.SENT,
                 )
             ).one()
 

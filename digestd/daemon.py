@@ -214,7 +214,10 @@ class Daemon:
             limits = self.app.state.web.limits  # rate-limit counts survive a reload
             self.app.state.web = Web.build(services)
             self.app.state.web.limits = limits
-            self.scheduler.reschedule(new.schedule)
+            # A SIGHUP during start-up, before the jobs exist: the scheduler starts with the
+            # new configuration (run() reads self.config when it gets there).
+            if self.scheduler.running:
+                self.scheduler.reschedule(new.schedule)
         await old.aclose(close_store=False)
         log.info("configuration and templates reloaded")
         sdnotify.notify("READY=1")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formataddr, parseaddr
+from typing import ClassVar
 
 from digestd import feedback, ledger
 from digestd.errors import DigestdError, FeedError, PermanentDeliveryError, TemporaryDeliveryError
@@ -216,11 +217,24 @@ class _Run:
             timedelta(minutes=services.config.schedule.wait_minutes) if wait is None else wait
         )
 
+    #: the last corpus built, by database and by the papers it was built from
+    _corpora: ClassVar[dict[str, tuple[tuple[object, ...], Corpus]]] = {}
+
     @classmethod
     def load(cls, services: Services, now: datetime) -> tuple[list[tuple[Paper, datetime]], Corpus]:
+        """The papers of the window and their corpus (term rarity and acronyms, shared by
+        every subscriber). The corpus is kept between runs while the papers stay the same
+        (the daemon's tick runs every minute; the papers change once or twice a day), and
+        with it what it has worked out: topics read against papers for earlier sends."""
         papers = services.store.papers_seen_since(now - MAX_AGE)
-        # Term rarity and acronyms over the stored papers, once per run for every subscriber.
-        return papers, Corpus.of(p for p, _ in papers)
+        key = (len(papers), *((p.id, seen) for p, seen in papers[:1] + papers[-1:]))
+        url = services.config.database_url
+        known = cls._corpora.get(url)
+        if known is not None and known[0] == key and _same(known[1], papers):
+            return papers, known[1]
+        corpus = Corpus.of(p for p, _ in papers)
+        cls._corpora[url] = (key, corpus)
+        return papers, corpus
 
     @classmethod
     async def start(
@@ -275,6 +289,14 @@ class _Run:
         sent = store.sent_paper_ids(sub.id, fresh)
         votes = feedback.voted_papers(store, sub.id)
         return self.matches(sub, prefs, since, sent, votes)
+
+
+def _same(corpus: Corpus, papers: Sequence[tuple[Paper, datetime]]) -> bool:
+    """The corpus was built from exactly these papers (as they are now)."""
+    docs = corpus.docs
+    return len(docs) == len(papers) and all(
+        (d := docs.get(p.id)) is not None and d.paper == p for p, _ in papers
+    )
 
 
 def digest_input(
@@ -435,7 +457,8 @@ async def _send_chunk(
     summary.skipped += len(work) - len(claims)
     outcomes: list[ledger.Outcome] = []
     ready: list[_Digest] = []
-    for n, claim in enumerate(claims, 1):
+    turn = time.perf_counter()
+    for claim in claims:
         with stages.timing("match"):
             sub = subs.get(claim.subscriber_id)
             since = run.since(last_sent.get(claim.subscriber_id))
@@ -445,8 +468,11 @@ async def _send_chunk(
             ready.append(decided)
         else:
             outcomes.append(decided)
-        if n % 20 == 0:
-            await asyncio.sleep(0)  # the web front in the same loop answers in between
+        if time.perf_counter() - turn > YIELD_EVERY:
+            # The web front shares this event loop: it answers in between. (Matching the
+            # first subscribers of a send, whose topics are new to the run, takes longest.)
+            await asyncio.sleep(0)
+            turn = time.perf_counter()
     limit = asyncio.Semaphore(concurrency or max(1, services.config.smtp.pool_size))
     pending: list[ledger.Outcome] = []
 
@@ -648,6 +674,8 @@ def _count_bounce(run: _Run, outcome: ledger.Outcome) -> None:
 
 #: digests claimed and matched together: one transaction claims them all
 CHUNK = 100
+#: seconds of matching before the event loop gets a turn (the web front shares it)
+YIELD_EVERY = 0.02
 #: sent digests recorded together (one transaction); see _send_chunk
 FLUSH = 16
 

@@ -360,15 +360,7 @@ def daemon_cpu(pid: int) -> float:
 
 
 def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    cpu = figures.cpu_times()
-    time.sleep(1.0)
-    busy = figures.busy_share(cpu, figures.cpu_times())
-    if busy is not None and busy > 0.15:
-        print(
-            f"warning: the machine's CPUs were {100 * busy:.0f}% busy before the run: "
-            "other work skews every figure",
-            file=sys.stderr,
-        )
+    busy = figures.busy_before()
     now = datetime.now(UTC).replace(microsecond=0)
     days = profiles.load_days()
     plan = profiles.schedule(days, args.window_days, now)

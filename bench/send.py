@@ -172,15 +172,7 @@ def run_blast(port: int, sample: list[blast.Message], args: argparse.Namespace) 
 
 
 def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    cpu = figures.cpu_times()
-    time.sleep(1.0)
-    busy = figures.busy_share(cpu, figures.cpu_times())
-    if busy is not None and busy > 0.15:
-        print(
-            f"warning: the machine's CPUs were {100 * busy:.0f}% busy before the run: "
-            "other work skews every figure",
-            file=sys.stderr,
-        )
+    busy = figures.busy_before()
     now = datetime.now(UTC).replace(microsecond=0)
     period = now.date()
     days = profiles.load_days()

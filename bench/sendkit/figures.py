@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,21 @@ def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
     """How busy the machine's CPUs were between two cpu_times(), 0..1."""
     total = after[1] - before[1]
     return (after[0] - before[0]) / total if total > 0 else None
+
+
+def busy_before(threshold: float = 0.15) -> float | None:
+    """The share of the CPUs busy over the coming second; a warning when other work would
+    skew the figures of the run about to start."""
+    before = cpu_times()
+    time.sleep(1.0)
+    busy = busy_share(before, cpu_times())
+    if busy is not None and busy > threshold:
+        print(
+            f"warning: the machine's CPUs were {100 * busy:.0f}% busy before the run: "
+            "other work skews every figure",
+            file=sys.stderr,
+        )
+    return busy
 
 
 def send_figures(workers: list[dict[str, Any]], wall: float) -> dict[str, Any]:

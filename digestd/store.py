@@ -422,9 +422,6 @@ class Store:
             )
             return {position: paper_id for position, paper_id in rows}
 
-    def set_message_id(self, delivery_id: int, message_id: str) -> None:
-        self._update(delivery_id, message_id=message_id)
-
     def mark_sent(
         self, delivery: Delivery, matches: Sequence[Match], *, reply: str, now: datetime
     ) -> bool:
@@ -472,17 +469,6 @@ class Store:
             next_attempt_at=at,
             lease_until=None,
             attempts=delivery.attempts + 1,
-        )
-
-    def mark_waiting(self, delivery: Delivery, *, reply: str, at: datetime) -> None:
-        """Nothing to send yet: release the claim and look again at ``at``."""
-        assert delivery.id is not None
-        self._update(
-            delivery.id,
-            status=DeliveryStatus.WAITING,
-            reply=reply[:500],
-            next_attempt_at=at,
-            lease_until=None,
         )
 
     def wake_waiting(self, now: datetime) -> int:
@@ -586,18 +572,6 @@ class Store:
                     .limit(limit)
                 )
             )
-
-    def mark_final(self, delivery: Delivery, status: DeliveryStatus, *, reply: str) -> None:
-        assert delivery.id is not None and status in TERMINAL
-        self._update(
-            delivery.id,
-            status=status,
-            reply=reply[:500],
-            lease_until=None,
-            attempts=delivery.attempts + (status == DeliveryStatus.FAILED),
-        )
-
-    # -- events and status -----------------------------------------------------------------
 
     def record_event(self, kind: str, reason: str, *, subscriber_id: int | None = None) -> None:
         with self.session() as s:

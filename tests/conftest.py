@@ -95,3 +95,15 @@ def write_config(tmp_path: Path, feed_dir: Path, database_url: str) -> Callable[
         return path
 
     return write
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Any]:
+    """Subprocesses a test starts (daemons, relay, feed server), all stopped at its end."""
+    from tests.daemons import Processes  # here, not at the top: tests.daemons imports this
+
+    p = Processes(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()

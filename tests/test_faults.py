@@ -56,18 +56,9 @@ from tests.daemons import (
     write_feed,
 )
 
-#: digests in the kill -9 test (issue 4 §6a). The daemon sends ~40 a second on two cores
-#: (matching, rendering and three ledger writes per digest), so this test alone takes ~55 s.
+#: digests in the kill -9 test (issue 4 §6a): enough that the kill lands mid-send (the
+#: daemon sends a few hundred a second on two cores; the test takes ~11 s).
 KILL_TEST_DIGESTS = 2000
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture

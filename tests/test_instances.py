@@ -53,15 +53,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
-
-
 class Ledger:
     """Reads the shared database the daemons write, as an operator's psql would."""
 

@@ -9,15 +9,17 @@ is http(s).
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import email
 import email.policy
 import functools
+import logging
 import re
 import secrets
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses
@@ -31,6 +33,8 @@ import jinja2
 from digestd.errors import ConfigError, InvalidInput
 from digestd.matcher import Match
 from digestd.paper import Paper, fold
+
+log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).resolve().parent
 # A wheel ships the templates inside the package; a source tree keeps them at the top, where
@@ -49,6 +53,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 _MESSAGE_ID = re.compile(r"<[!-;=?A-~]+@[!-;=?A-~]+>")
 _LIST_ID = re.compile(r"[ -;=?A-~]*<[!-;=?A-~]+\.[!-;=?A-~]+>")  # RFC 2919: phrase <label.domain>
 _URL_UNSAFE = re.compile(r"[\s<>\"\\]")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=^_`{|}~-]+"  # RFC 5322 atext but "?": no "=?" encoded word
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+# "local@domain" or "Plain Name <local@domain>": read exactly as getaddresses() reads them.
+_PLAIN_ADDRESS = re.compile(rf"(?:({_ATEXT}(?: {_ATEXT})*) <)?({_DOT_ATOM})@({_DOT_ATOM})(?(1)>)")
+_NOT_DOT_OR_AT = re.compile(r"[^.@]")
+# What urlsplit() reads as http(s) with a host whatever follows: most URLs, checked quickly.
+_PLAIN_URL = re.compile(r'https?://[A-Za-z0-9.-]+(?:[/?#][^\s<>"\\]*)?')
 
 
 class _UriListHeader(UnstructuredHeader):
@@ -61,7 +72,11 @@ class _UriListHeader(UnstructuredHeader):
     name: str  # set by BaseHeader; declared for mypy
 
     def fold(self, *, policy: email.policy.Policy) -> str:
-        return f"{self.name}: " + f",{policy.linesep} ".join(str(self).split(", ")) + policy.linesep
+        return _uri_list(self.name, str(self), policy.linesep)
+
+
+def _uri_list(name: str, value: str, linesep: str) -> str:
+    return f"{name}: " + f",{linesep} ".join(value.split(", ")) + linesep
 
 
 class _Registry(HeaderRegistry):
@@ -190,7 +205,318 @@ class Renderer:
         return Parts(headers, self._text.render(context), self._render_html(context))
 
     def _render_html(self, context: Mapping[str, Any]) -> str:
+        if self._pre is not None:
+            try:
+                html = self._pre.html(context)
+            except _Unfit:
+                html = self._full_html(context)  # raises if the digest itself cannot render
+                self._give_up_prerendering()
+            if html is not None:
+                return html
+        return self._full_html(context)
+
+    def _full_html(self, context: Mapping[str, Any]) -> str:
         return str(self._inliner.inline(self._html.render(context)))
+
+    @functools.cached_property
+    def _pre(self) -> _Prerendered | None:
+        """Pre-rendering if it gives what full renders give for digests of every shape (with
+        blocks and frames reused at other positions and with other values), else None.
+
+        Checked at the first digest rather than at start-up: most processes never send one.
+        """
+        pre = _Prerendered(self._env, self._inliner)
+        try:
+            fits = all(
+                pre.html(context) == self._full_html(context)
+                for context in (_prepare(d)[1] for d in _samples())
+            )
+        except Exception:  # e.g. an override that cannot render the samples at all
+            fits = False
+        if fits:
+            return pre
+        self._give_up_prerendering()
+        return None
+
+    def _give_up_prerendering(self) -> None:
+        log.warning(
+            "digest.html or _paper.html does not fit pre-rendering (see digestd/render.py): "
+            "every digest's HTML is rendered and inlined in full, several times the CPU"
+        )
+        self.__dict__["_pre"] = None
+
+
+class _Unfit(Exception):
+    """The HTML templates use a per-digest value other than by printing or testing it."""
+
+
+class _Slot:
+    """A per-digest value in a template rendered once for many digests.
+
+    Printed, it writes a marker, filled in per digest; tested, it has the value's truth. Any
+    other use (a filter, comparison, arithmetic, ``~``) raises, as its result would hold for
+    one digest only.
+    """
+
+    __slots__ = ("_marker", "_truth")
+
+    def __init__(self, marker: str, truth: bool) -> None:
+        self._marker = marker
+        self._truth = truth
+
+    def __html__(self) -> str:
+        return self._marker
+
+    def __bool__(self) -> bool:
+        return self._truth
+
+    def __str__(self) -> str:
+        raise _Unfit(self._marker)
+
+    def __eq__(self, other: object) -> bool:
+        raise _Unfit(self._marker)
+
+
+class _Items:
+    """A digest's items as pre-rendering shows them: iterated or tested, never counted or
+    indexed, so the frame cannot depend on how many there are but through the loop."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Sequence[Item]) -> None:
+        self._items = items
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+
+class _MarkedLoader(jinja2.BaseLoader):
+    """The templates as loaded, with each output of ``_paper.html`` between two comments."""
+
+    _REAL = "digestd:_paper.html"
+
+    def __init__(self, loader: jinja2.BaseLoader, begin: str, end: str) -> None:
+        self._loader = loader
+        self._begin = begin
+        self._end = end
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        if template == "_paper.html":
+            return f'{self._begin}{{% include "{self._REAL}" %}}{self._end}', None, None
+        name = "_paper.html" if template == self._REAL else template
+        return self._loader.get_source(environment, name)
+
+
+# Literal text, then per slot (value name, in an attribute?) and the literal text after it.
+_Piece = tuple[str, tuple[tuple[str, bool, str], ...]]
+# What the inliner's HTML parser drops or rewrites (NUL, CR) or cannot take (lone surrogates):
+# a digest with a value holding one is rendered in full.
+_UNFILLABLE = re.compile(r"[\x00\r\ud800-\udfff]")
+_BLOCKS_KEPT = 4096
+
+
+class _Prerendered:
+    """Digest HTML assembled from pieces rendered and inlined once.
+
+    Inlining is most of a digest's cost and its input mostly repeats: a paper's block is the
+    same in every digest that has it but for the subscriber's number, why line and feedback
+    links, and the frame (head, footer) but for the digest's own values. Each is rendered
+    with those values as `_Slot` markers in a whole document and inlined there, so that CSS
+    selectors apply as in a full render (`Renderer._pre` checks the templates for any that
+    look at a block's position or a value); a digest is then the pieces with its values
+    filled in, escaped as the inliner's serializer escapes text and attribute values.
+    """
+
+    def __init__(self, env: jinja2.Environment, inliner: css_inline.CSSInliner) -> None:
+        token = secrets.token_hex(8)
+        self._token = token
+        self._begin = f"<!--{token}[-->"
+        self._end = f"<!--]{token}-->"
+        assert env.loader is not None
+        loader = _MarkedLoader(env.loader, self._begin, self._end)
+        self._template = env.overlay(loader=loader).get_template("digest.html")
+        self._inliner = inliner
+        # A marker ends in &lt;&#34; (< and " as entities). Inlined, that reads &lt;" where the
+        # marker is text and <&quot; where it is an attribute value: how to escape its value.
+        self._slot = re.compile(rf'{token}\.(\w+)\.(&lt;"|<&quot;)\.')
+        self._frames: dict[tuple[int, tuple[str, ...]], tuple[_Piece, ...]] = {}
+        self._blocks: dict[tuple[object, ...], tuple[tuple[object, ...], _Piece]] = {}
+
+    def html(self, context: Mapping[str, Any]) -> str | None:
+        """The inlined HTML of the digest, or None if a value has a character it cannot fill in.
+
+        Raises `_Unfit` if the templates use a per-digest value in a way pieces cannot show.
+        """
+        items: Sequence[Item] = context["items"]
+        flags = tuple(name for name, value in context.items() if value is True)
+        common = {
+            name: str(value)
+            for name, value in context.items()
+            if name != "items" and not isinstance(value, bool)
+        }
+        own: list[dict[str, str]] = []
+        filled = list(common.values())
+        for item in items:
+            values = {**common, "item_number": str(item.number), "item_why": item.why}
+            for n, link in enumerate(item.feedback):
+                values[f"item_feedback{n}"] = link.url
+            filled += (item.why, *(link.url for link in item.feedback))
+            own.append(values)
+        if _UNFILLABLE.search("".join(filled)):
+            return None
+        frame = self._frames.get((min(len(items), 2), flags))
+        blocks = [self._block(item, flags) for item in items]
+        if frame is None or None in blocks:
+            frame, blocks = self._render(context, flags)
+        out: list[str] = []
+        _fill(out, frame[0], common)
+        between = _fill([], frame[1], common) if len(items) > 1 else []
+        for n, (block, values) in enumerate(zip(blocks, own, strict=True)):
+            assert block is not None
+            if n:
+                out += between
+            _fill(out, block, values)
+        if items:
+            _fill(out, frame[-1], common)
+        return "".join(out)
+
+    def _block(self, item: Item, flags: tuple[str, ...]) -> _Piece | None:
+        entry = self._blocks.get(_block_key(item, flags))
+        if entry is None or entry[0] != _block_source(item):
+            return None
+        return entry[1]
+
+    def _render(
+        self, context: Mapping[str, Any], flags: tuple[str, ...]
+    ) -> tuple[tuple[_Piece, ...], list[_Piece | None]]:
+        """Render and inline the digest with markers; keep its frame and blocks."""
+        items: Sequence[Item] = context["items"]
+        marked: dict[str, Any] = {
+            name: value if isinstance(value, bool) else self._marker(name, value)
+            for name, value in context.items()
+            if name != "items"
+        }
+        marked["items"] = _Items([self._marked(item) for item in items])
+        try:
+            html = str(self._inliner.inline(self._template.render(marked)))
+        except Exception as exc:  # whatever a template does with a marker, it does not fit
+            raise _Unfit(str(exc)) from exc
+        first, *rest = html.split(self._begin)
+        outside, inside = [first], []
+        for chunk in rest:
+            block, end, after = chunk.partition(self._end)
+            if not end:
+                raise _Unfit("a paper's block is not where digest.html includes it")
+            inside.append(self._piece(block))
+            outside.append(after)
+        if len(inside) != len(items):
+            raise _Unfit("digest.html does not include _paper.html once per item")
+        if len(set(outside[1:-1])) > 1:
+            raise _Unfit("digest.html separates items differently")
+        if any(name not in context for name, _ in self._slot.findall("".join(outside))):
+            raise _Unfit("digest.html shows an item's values outside _paper.html")
+        frame = tuple(self._piece(text) for text in (outside[:2] + outside[2:][-1:]))
+        self._frames[(min(len(items), 2), flags)] = frame
+        if len(self._blocks) + len(items) > _BLOCKS_KEPT:
+            self._blocks.clear()
+        for item, piece in zip(items, inside, strict=True):
+            self._blocks[_block_key(item, flags)] = (_block_source(item), piece)
+        return frame, list(inside)
+
+    def _marker(self, name: str, value: object) -> Any:
+        return _Slot(f"{self._token}.{name}.&lt;&#34;.", bool(value))
+
+    def _marked(self, item: Item) -> Item:
+        return dataclasses.replace(
+            item,
+            number=self._marker("item_number", item.number),
+            why=self._marker("item_why", item.why),
+            feedback=tuple(
+                Link(link.label, self._marker(f"item_feedback{n}", link.url))
+                for n, link in enumerate(item.feedback)
+            ),
+        )
+
+    def _piece(self, text: str) -> _Piece:
+        parts = self._slot.split(text)
+        if any(self._token in literal for literal in parts[::3]):
+            raise _Unfit("a per-digest value is inside a <style>, a comment or a style attribute")
+        slots = zip(parts[1::3], parts[2::3], parts[3::3], strict=True)
+        return parts[0], tuple((name, probe == "<&quot;", after) for name, probe, after in slots)
+
+
+def _block_key(item: Item, flags: tuple[str, ...]) -> tuple[object, ...]:
+    return item.id, bool(item.why), tuple([link.label for link in item.feedback]), flags
+
+
+def _block_source(item: Item) -> tuple[object, ...]:
+    return item.title, item.url, item.authors, item.blurb, item.links
+
+
+def _fill(out: list[str], piece: _Piece, values: Mapping[str, str]) -> list[str]:
+    first, slots = piece
+    out.append(first)
+    for name, attribute, after in slots:
+        out.append(_inlined_escape(values[name], attribute))
+        out.append(after)
+    return out
+
+
+def _inlined_escape(value: str, attribute: bool) -> str:
+    """``value`` escaped as css_inline writes text, or an attribute value (always in "")."""
+    value = value.replace("&", "&amp;").replace("\xa0", "&nbsp;")
+    if attribute:
+        return value.replace('"', "&quot;")
+    return value.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _samples() -> Iterator[DigestInput]:
+    """Digests of every shape pre-rendering has; most reuse blocks and frames that earlier
+    ones left, at other positions and with other values. All have markup in their text."""
+    papers = [
+        Paper(
+            id=f"2501.0{i}001",
+            title=f"Paper {i}: <b>bold</b> & \"quoted\" 'title'",
+            abstract="An abstract with <tags> & entities &amp; in it. " * 8,
+            authors=tuple(f"Author {a}" for a in range(3 * i)),
+            summary="" if i % 2 else f"A summary of paper {i} & <i>more</i>.",
+            code_url="https://github.com/org/repo?a=1&b=2" if i % 2 else "",
+            project_url="" if i == 1 else f"https://project.example.org/{i}",
+        )
+        for i in range(4)
+    ]
+    shapes = [
+        (True, (0, 1, 2)), (False, (3, 0, 1, 2)), (True, (2, 0, 1)), (False, (1, 2, 3, 0, 1)),
+        (True, (1,)), (True, (0,)), (False, (3,)), (False, (2,)), (True, ()), (False, ()),
+        (False, (0, 1, 2, 3) * 2 + (0, 1, 2)),
+    ]  # fmt: skip
+    for n, (reply, order) in enumerate(shapes):
+        why = ["", f'Matches "<script>{n}" & <b>co</b>', f"By Author {n}", f"'{n}' > 'b'"]
+        more = f"https://digest.example.org/more?n={n}&x=1"
+        less = f"https://digest.example.org/less?n={n}&x=2"
+        yield DigestInput(
+            to=f"reader{n}@example.org",
+            sender="Papers <digest@example.org>",
+            period=date(2026, 1, 1 + n),
+            matches=[Match(papers[i], 0.5, why[(i + 1) % 4]) for i in order],
+            message_id=f"<sample.{n}@example.org>",
+            list_id="Papers <papers.example.org>",
+            manage_url=f"https://digest.example.org/manage?t={n}&x=1",
+            unsubscribe_url=f"https://digest.example.org/unsubscribe/{n}",
+            reply_to="replies@example.org" if reply else "",
+            date=datetime(2026, 1, 1, tzinfo=UTC),
+            site_name=f"Papers & <more> {n}",
+            feedback_urls={
+                papers[0].id: (more, less),
+                papers[1].id: (more, ""),
+                papers[3].id: ("", less),
+            },
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +558,18 @@ _UTF8_POLICY = POLICY.clone(utf8=True)
 
 def _header(name: str, value: str | Address, utf8: bool) -> str:
     text = str(value)
-    if text.isascii() and len(name) + 2 + len(text) <= 78 and not _CONTROL.search(text):
+    plain = text.isascii() and not _CONTROL.search(text)
+    if plain and len(name) + 2 + len(text) <= 78:
         return f"{name}: {text}\r\n"
+    if plain and name == "List-Unsubscribe" and "=?" not in text:  # as _UriListHeader folds
+        return _uri_list(name, text, "\r\n")
+    if isinstance(value, Address) and _PLAIN_ADDRESS.fullmatch(text):
+        # The stdlib folds an address header only at the spaces in and after the display name,
+        # so its folding is the same for any address of that length with dots in the same
+        # places: the folding of such a stand-in is cached (a Reply-To differs per digest).
+        spec = value.addr_spec
+        stand_in = _NOT_DOT_OR_AT.sub("x", spec)
+        return _folded(name, text.replace(spec, stand_in), utf8).replace(stand_in, spec)
     return _folded(name, text, utf8)
 
 
@@ -245,13 +581,29 @@ def _folded(name: str, value: str, utf8: bool) -> str:
     return str(policy.fold(*policy.header_store_parse(name, value)))
 
 
+# Lines, mostly a paper's (title, abstract, links), recur in many digests of a send; ~12 MB.
+_QP_LINES: dict[str, bytes] = {}
+_QP_LINES_KEPT = 20_000
+_HARD_BREAK = re.compile(rb"\n(?<!=\n)")  # "=" is always escaped: "=\n" is a soft line break
+
+
 def _qp(body: str) -> bytes:
+    """``body`` quoted-printable with CRLF, each distinct line encoded once (QP encodes a line
+    independently of the others, and encoding is most of `mime`'s cost)."""
     if "\r" in body:
         body = body.replace("\r\n", "\n").replace("\r", "\n")
-    if not body.endswith("\n"):
-        body += "\n"
-    encoded = binascii.b2a_qp(body.encode("utf-8"), quotetabs=False, istext=True, header=False)
-    return encoded.replace(b"\n", b"\r\n")
+    lines = body.removesuffix("\n").split("\n")
+    if len(_QP_LINES) + len(lines) > _QP_LINES_KEPT:
+        _QP_LINES.clear()
+    if new := [line for line in lines if line not in _QP_LINES]:
+        # One call for all of them: most are this digest's own (feedback links, footer).
+        data = "\n".join(new).encode() + b"\n"
+        encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+        split = _HARD_BREAK.split(encoded.removesuffix(b"\n"))
+        _QP_LINES.update(
+            zip(new, (line.replace(b"\n", b"\r\n") + b"\r\n" for line in split), strict=True)
+        )
+    return b"".join([_QP_LINES[line] for line in lines])
 
 
 def _subject(d: DigestInput) -> str:
@@ -283,7 +635,7 @@ def wrap(text: str, indent: int = 0, first: str | None = None) -> str:
     )
 
 
-def _headers(d: DigestInput) -> list[tuple[str, str | Address]]:
+def _headers(d: DigestInput, subject: str) -> list[tuple[str, str | Address]]:
     for name in ("to", "sender", "message_id", "list_id", "site_name", "manage_url",
                  "unsubscribe_url", "unsubscribe_mailto", "reply_to"):  # fmt: skip
         if _CONTROL.search(getattr(d, name)):
@@ -308,8 +660,8 @@ def _headers(d: DigestInput) -> list[tuple[str, str | Address]]:
         ("From", _address("sender", d.sender)),
         ("To", _address("to", d.to)),
         *reply_to,
-        ("Subject", _subject(d)),
-        ("Date", format_datetime(when)),
+        ("Subject", subject),
+        ("Date", _date(when, when.utcoffset())),
         ("Message-ID", d.message_id),
         ("List-Id", d.list_id),
         ("List-Unsubscribe", unsubscribe),
@@ -317,13 +669,21 @@ def _headers(d: DigestInput) -> list[tuple[str, str | Address]]:
     ]
 
 
+@functools.lru_cache(maxsize=16)
+def _date(when: datetime, offset: timedelta | None) -> str:
+    # Cached: a send dates its digests alike. The offset is in the key as datetimes of one
+    # instant are equal whatever their offset.
+    return format_datetime(when)
+
+
 def _prepare(d: DigestInput) -> tuple[list[tuple[str, str | Address]], dict[str, Any]]:
     """Validated headers and the template context; bodies are never rendered from bad input."""
-    headers = _headers(d)
+    subject = _subject(d)
+    headers = _headers(d, subject)
     items = [_item(n, m, d.feedback_urls.get(m.paper.id)) for n, m in enumerate(d.matches, 1)]
     return headers, {
         "site_name": d.site_name,
-        "subject": _subject(d),
+        "subject": subject,
         "date_label": f"{d.period:%B} {d.period.day}, {d.period.year}",
         "count": len(items),
         "count_label": _papers(len(items)),
@@ -370,7 +730,7 @@ def _shown(p: Paper) -> tuple[str, str, str, str, tuple[Link, ...]]:
 
 def _links(pairs: Sequence[tuple[str, str]]) -> tuple[Link, ...]:
     # Feed URLs are untrusted: anything but http(s) (javascript:, data:, relative) is dropped.
-    return tuple(Link(label, _safe_url(url)) for label, url in pairs if _safe_url(url))
+    return tuple(Link(label, safe) for label, url in pairs if (safe := _safe_url(url)))
 
 
 def _authors(names: Sequence[str]) -> str:
@@ -390,6 +750,8 @@ def _trim(text: str, limit: int) -> str:
 
 def _safe_url(url: str) -> str:
     url = url.strip()
+    if _PLAIN_URL.fullmatch(url):
+        return url
     if not url or _URL_UNSAFE.search(url):
         return ""
     try:
@@ -406,6 +768,9 @@ def _web_url(name: str, url: str) -> str:
 
 
 def _address(name: str, value: str) -> Address:
+    if plain := _PLAIN_ADDRESS.fullmatch(value):  # most are; parsing is most of _prepare
+        display_name, username, domain = plain.groups()
+        return Address(display_name=display_name or "", username=username, domain=domain)
     # The value itself is not repeated: it may be a subscriber's address, and errors get logged.
     pairs = getaddresses([value])
     try:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import email
 import email.policy
 import json
+import logging
+import random
 import re
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from email.message import EmailMessage
 from pathlib import Path
@@ -15,10 +19,18 @@ from typing import Any
 import pytest
 
 import digestd
+from digestd import render
 from digestd.errors import ConfigError, InvalidInput
 from digestd.matcher import Match
 from digestd.paper import Paper
-from digestd.render import TEMPLATES_DIR, DigestInput, Renderer
+from digestd.render import (
+    TEMPLATES_DIR,
+    DigestInput,
+    Renderer,
+    _prepare,
+    css_inliner,
+    email_environment,
+)
 
 SAMPLE_DIR = Path(digestd.__file__).parent / "sample"
 # Signed tokens make real links long (about 90 characters of token).
@@ -395,3 +407,231 @@ def test_override_with_bad_template_or_dir_is_config_error(tmp_path: Path) -> No
     (tmp_path / "digest.txt").write_text("{% for x in %}\n")
     with pytest.raises(ConfigError, match=r"digest\.txt:1"):
         Renderer(tmp_path)
+
+
+# Pre-rendering (blocks and frames inlined once, values filled in per digest) must give what
+# recipients got from the full render: Jinja renders digest.html, css_inline the whole document.
+
+WHYS = [
+    'Title matches "agents"; by Kai Chen',
+    "<script>alert('x')</script> & \"quotes\" <b>bold</b> &amp; &lt;",
+    "",
+    "Odd characters: \x01 \x7f \x80 \ufeff \u2014 😀 > < &",
+    "Matches 'diffusion' > \"transformers\"",
+]
+
+
+def _full_render(d: DigestInput, template_dir: Path | None = None) -> tuple[str, str]:
+    env = email_environment(template_dir)
+    context = _prepare(d)[1]
+    html = css_inliner().inline(env.get_template("digest.html").render(context))
+    return env.get_template("digest.txt").render(context), str(html)
+
+
+def _varied_inputs() -> Iterator[DigestInput]:
+    """Digests of 0-25 real papers, each at many positions across them, with every shape of
+    item (why line or not; both, one or no feedback links; links dropped) and frame."""
+    odd = dataclasses.replace(SAMPLE[5], code_url="javascript:alert(1)", project_url="")
+    papers = [odd, *SAMPLE[:40]]
+    base = "https://digest.example.org/feedback"
+    for n in range(26):
+        start = 7 * n % len(papers)
+        chosen = (papers[start:] + papers[:start])[:n]
+        feedback = {}
+        for i, p in enumerate(chosen):
+            more, less = f"{base}/more/{p.id}?t={n}&a=1", f"{base}/less/{p.id}/{TOKEN}"
+            feedback[p.id] = [(more, less), (more, ""), ("", less), ("", "")][(i + n) % 4]
+            if (i + n) % 5 == 4:
+                del feedback[p.id]
+        yield _input(
+            [],
+            to="Reader O'Neil <reader@example.com>" if n % 3 else "reader@example.com",
+            matches=[Match(p, 0.5, WHYS[(i * 3 + n) % len(WHYS)]) for i, p in enumerate(chosen)],
+            feedback_urls=feedback,
+            reply_to="Paper digest <reply+7.x@digest.example.org>" if n % 2 else "",
+            unsubscribe_mailto=MAILTO if n % 4 == 1 else "",
+            site_name='Papers & <more> "quoted"' if n % 5 == 2 else "Paper digest",
+            manage_url=f"https://digest.example.org/manage?t={n}&x=\u00e9",
+        )
+    # The inliner's HTML parser drops a NUL: a digest with one is not pre-rendered.
+    yield _input(SAMPLE[:3], matches=[Match(p, 0.5, f"NUL \x00 {p.id}") for p in SAMPLE[:3]])
+
+
+def test_prerendered_digests_equal_full_renders(monkeypatch: pytest.MonkeyPatch) -> None:
+    renderer = Renderer()
+    assert renderer._pre is not None  # the stock templates fit
+    full_renders = []
+    full_html = renderer._full_html
+
+    def counted(context: dict[str, Any]) -> str:
+        full_renders.append(context)
+        return full_html(context)
+
+    monkeypatch.setattr(renderer, "_full_html", counted)
+    inputs = list(_varied_inputs())
+    for d in inputs + inputs[::-1]:  # the second pass reuses every block and frame
+        text, html = _full_render(d)
+        parts = renderer.render_parts(d)
+        assert parts.html == html
+        assert parts.text == text
+        wire = email.message_from_bytes(renderer.render_bytes(d), policy=email.policy.default)
+        for kind, expected in (("plain", text), ("html", html)):
+            body = wire.get_body((kind,))
+            assert body is not None
+            assert body.get_content().replace("\r\n", "\n") == expected.rstrip("\n") + "\n"
+    assert renderer._pre is not None
+    assert {c["items"][0].why[:5] for c in full_renders} == {"NUL \x00"}  # and no other
+
+
+FITTING_PAPER = """<div class="paper"><b>#{{ item.number }}</b> {{ item.title }}
+{% if item.why %}<i title="Why: {{ item.why }}">{{ item.why }}</i>{% endif %}
+{% for link in item.links + item.feedback %}<a href="{{ link.url }}">{{ link.label }}</a>
+{% endfor %}</div>
+"""
+
+
+def test_paper_override_is_prerendered_and_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "_paper.html").write_text(FITTING_PAPER)
+    renderer = Renderer(tmp_path)
+    for d in _varied_inputs():
+        html = _full_render(d, tmp_path)[1]
+        assert renderer.render_html(d) == html
+        assert html.count('<div class="paper">') == len(d.matches)
+    assert renderer._pre is not None
+    assert "pre-rendering" not in caplog.text
+
+
+def _style_rule(rule: str) -> str:
+    return (TEMPLATES_DIR / "digest.html").read_text().replace("</style>", f"{rule}\n</style>")
+
+
+@pytest.mark.parametrize(
+    ("name", "source"),
+    [
+        ("_paper.html", "<p>{{ item.why|upper }} {{ item.title }}</p>"),
+        ("_paper.html", "<p>{% if item.number == 1 %}Top pick: {% endif %}{{ item.title }}</p>"),
+        ("_paper.html", "<p>{{ item.number ~ '.' }} {{ item.title }}</p>"),
+        ("_paper.html", "<p>{{ item.why|safe }}</p>"),
+        ("_paper.html", "<p>{{ item.title }}</p><p>{{ item.why|length }}</p>"),
+        ("digest.html", _style_rule("tr:nth-child(even) > .item { background-color: #fafafa; }")),
+        ("digest.html", _style_rule("a[href^='https://digest'] { color: red; }")),
+        ("digest.html", "<p>{{ items|length }} papers</p>{% for item in items %}{{ item.title }}"
+         "{% include '_paper.html' %}{% endfor %}"),
+        ("digest.html", "<table>{% for item in items %}<tr><td>{{ loop.index }}</td><td>"
+         "{% include '_paper.html' %}</td></tr>{% endfor %}</table>"),
+        ("digest.html", "<table>{% for item in items %}<tr><td>{{ item.title }}</td><td>"
+         "{% include '_paper.html' %}</td></tr>{% endfor %}</table>"),
+    ],
+)  # fmt: skip
+def test_overrides_that_do_not_fit_prerendering_are_rendered_in_full(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, source: str
+) -> None:
+    (tmp_path / name).write_text(source)
+    renderer = Renderer(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="digestd.render"):
+        for d in _varied_inputs():
+            assert renderer.render_html(d) == _full_render(d, tmp_path)[1]
+    assert renderer._pre is None
+    assert "does not fit pre-rendering" in caplog.text
+
+
+def test_override_found_unfit_while_sending_falls_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Fits every sample checked at the first digest; not a digest with a paper on "Zeta".
+    (tmp_path / "_paper.html").write_text(
+        '<p>{% if item.title.startswith("Zeta") %}{{ item.why|upper }}{% endif %}'
+        "{{ item.title }} {{ item.why }}</p>"
+    )
+    renderer = Renderer(tmp_path)
+    d = _input(SAMPLE[:3])
+    assert renderer.render_html(d) == _full_render(d, tmp_path)[1]
+    assert renderer._pre is not None
+    zeta = _input([SAMPLE[0], dataclasses.replace(SAMPLE[1], title="Zeta functions")])
+    with caplog.at_level(logging.WARNING, logger="digestd.render"):
+        assert renderer.render_html(zeta) == _full_render(zeta, tmp_path)[1]
+    assert renderer._pre is None and "does not fit pre-rendering" in caplog.text
+    assert renderer.render_html(d) == _full_render(d, tmp_path)[1]
+
+
+def _reference_qp(body: str) -> bytes:
+    body = body.replace("\r\n", "\n").replace("\r", "\n")
+    if not body.endswith("\n"):
+        body += "\n"
+    encoded = binascii.b2a_qp(body.encode(), quotetabs=False, istext=True, header=False)
+    return encoded.replace(b"\n", b"\r\n")
+
+
+def test_quoted_printable_line_by_line_equals_whole_body() -> None:
+    rng = random.Random(7)
+    chars = "ab =.\t\n\r\xe9\u2014<>\x00"
+    bodies = ["", "\n", ".", ".\n", "a" * 75 + "=", "a" * 76 + " ", "a" * 300 + " \nb", "x\r\ny\r"]
+    bodies += ["".join(rng.choice(chars) for _ in range(rng.randint(0, 400))) for _ in range(3000)]
+    parts = Renderer().render_parts(_input(SAMPLE[:25], reply_to="r@example.org"))
+    bodies += [parts.text, parts.html]
+    for body in bodies + bodies:  # the second time from the cache
+        assert render._qp(body) == _reference_qp(body), repr(body)
+
+
+PLAIN_ADDRESSES = [
+    "reader@example.com", "Paper digest <digest@example.org>", "O'Neil Jr <o'neil@x.example>",
+    "a.b+c@d-e.example.org", "#!$%&'*+/=^_`{|}~-@example.org", "Name <a@b>", "x@localhost",
+]  # fmt: skip
+OTHER_ADDRESSES = [
+    '"Quoted, Name" <q@example.org>', "Name  <two-spaces@example.org>", " lead@example.org",
+    "=?utf-8?q?abc?=@example.org", "Ünïcode <u@example.org>", "a..b@example.org",
+    "(comment) c@example.org", "J. Doe <j@example.org>", "a@b.c, d@e.f", "not-an-address",
+]  # fmt: skip
+
+
+def test_address_shortcut_reads_addresses_as_the_stdlib_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def read(value: str) -> tuple[str, ...] | str:
+        try:
+            a = render._address("to", value)
+        except InvalidInput as exc:
+            return str(exc)
+        return a.display_name, a.username, a.domain, str(a)
+
+    assert all(render._PLAIN_ADDRESS.fullmatch(a) for a in PLAIN_ADDRESSES)
+    assert not any(render._PLAIN_ADDRESS.fullmatch(a) for a in OTHER_ADDRESSES)
+    fast = [read(a) for a in PLAIN_ADDRESSES]
+    monkeypatch.setattr(render, "_PLAIN_ADDRESS", re.compile("(?!)"))
+    assert fast == [read(a) for a in PLAIN_ADDRESSES]
+
+
+def test_url_shortcut_accepts_only_what_urlsplit_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    urls = [
+        UNSUBSCRIBE, "https://arxiv.org/abs/2608.14391", "http://x.org", "https://x.org/?a=1&b=ü#f",
+        "https://x.org#frag", " https://x.org/p ", "https://x.org:8080/p", "HTTPS://X.ORG/",
+        "https://[::1/", "https://", "https:///p", "javascript:alert(1)", "ftp://x.org/",
+        "https://x.org/a b", 'https://x.org/"', "https://ex\uff0fample.org/", "//x.org/p",
+    ]  # fmt: skip
+    fast = [render._safe_url(u) for u in urls]
+    monkeypatch.setattr(render, "_PLAIN_URL", re.compile("(?!)"))
+    assert fast == [render._safe_url(u) for u in urls]
+
+
+def test_header_folding_shortcuts_fold_as_the_stdlib_does() -> None:
+    rng = random.Random(11)
+    atext = "abcxyz0189!#$%&'*+/=^_`{|}~-"
+    values: list[tuple[str, str | render.Address]] = []
+    for length in range(1, 130):
+        local = "".join(rng.choice(atext + "..") for _ in range(length)).strip(".") or "a"
+        local = re.sub(r"\.+", ".", local)
+        for display in ("", "Paper digest", "A much longer display name than most sites have"):
+            values.append(("Reply-To", render._address("reply_to", f"{display} <{local}@x.org>")))
+            values.append(("To", render._address("to", f"{local}@example.org")))
+        mailto = f"mailto:u+{local[:40]}@x.org?subject=unsubscribe"
+        values.append(("List-Unsubscribe", f"<https://x.org/u/{'t' * length}>, <{mailto}>"))
+    for name, value in values:
+        text = str(value)
+        for utf8 in (False, True):
+            if len(name) + 2 + len(text) <= 78:  # short ASCII is written as it is
+                expected = f"{name}: {text}\r\n"
+            else:
+                expected = render._folded.__wrapped__(name, text, utf8)
+            assert render._header(name, value, utf8) == expected

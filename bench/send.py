@@ -61,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server", choices=("aiosmtpd", "postfix"), default="aiosmtpd")
     p.add_argument("--pool-size", type=int, default=8, help="[smtp] pool_size (8)")
     p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="[delivery] processes: each instance splits its send over this many (0: one per "
+        "CPU core, the default; 1: no split)",
+    )
+    p.add_argument(
         "--window-days",
         type=int,
         default=2,
@@ -185,6 +192,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "instances": args.instances,
         "server": args.server,
         "pool_size": args.pool_size,
+        "processes": args.processes or os.cpu_count(),
         "period": period.isoformat(),
         "papers": {
             "window_days": {d.name: len(d.papers) for d in window},
@@ -224,6 +232,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             pool_size=args.pool_size,
             lookback=args.window_days,
             papers=profiles.DATA,
+            extra={"delivery": {"processes": args.processes}},
         )
         out["papers"]["stored"] = setup.store_papers(url, plan)
         imported = setup.import_subscribers(config, jsonl)

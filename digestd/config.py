@@ -81,6 +81,8 @@ class DeliveryConfig:
     bounce_limit_no_such_user: int = 1
     bounce_limit: int = 3
     shutdown_grace_seconds: float = 30.0
+    #: send processes for a big send; 0: one per CPU core
+    processes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +472,9 @@ SCHEMA: tuple[Option, ...] = (
            "other permanent failures before a subscriber is marked bounced"),
     Option("delivery", "shutdown_grace_seconds", 30.0, _float(0, 3600),
            "on SIGTERM, how long in-flight sends may take before the daemon exits"),
+    Option("delivery", "processes", 0, _int(0, 64),
+           "processes a big send is split over (they share [smtp] pool_size and rate_limit);"
+           " 0: one per CPU core"),
     Option("inbound", "enabled", False, _bool,
            "listen for mail (LMTP behind the MTA): commands, replies, bounces, complaints"),
     Option("inbound", "listen", "127.0.0.1:8025", _listen,
@@ -615,6 +620,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
             bounce_limit_no_such_user=values["delivery.bounce_limit_no_such_user"],
             bounce_limit=values["delivery.bounce_limit"],
             shutdown_grace_seconds=values["delivery.shutdown_grace_seconds"],
+            processes=values["delivery.processes"],
         ),
         inbound=InboundConfig(
             enabled=values["inbound.enabled"],

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+#: the counters a send moves, by attribute of Metrics
+_SEND_COUNTERS = ("sent", "empty", "failed", "retried", "stage_seconds")
+
+
+@dataclass
+class SendTally:
+    """What a send process counted, for the process that split the send to add to its own
+    metrics (each process has its own registry; /metrics is served by the parent)."""
+
+    #: attribute of Metrics → (labels, amount)
+    counters: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+    #: digests per latency bucket (not cumulative) and their total seconds
+    latency_buckets: list[float] = field(default_factory=list)
+    latency_sum: float = 0.0
 
 
 class Metrics:
@@ -42,6 +58,36 @@ class Metrics:
             "Unix time of the last successful fetch",
             registry=r,
         )
+
+    def tally(self) -> SendTally:
+        """The send counters and the latency histogram as they stand."""
+        tally = SendTally()
+        for name in _SEND_COUNTERS:
+            metric = getattr(self, name)
+            for family in metric.collect():
+                tally.counters[name] = [
+                    (s.labels, s.value)
+                    for s in family.samples
+                    if s.name.endswith("_total") and s.value
+                ]
+        [family] = self.latency.collect()
+        cumulative = [s.value for s in family.samples if s.name.endswith("_bucket")]
+        below = [0.0, *cumulative[:-1]]
+        tally.latency_buckets = [b - a for a, b in zip(below, cumulative, strict=True)]
+        tally.latency_sum = sum(s.value for s in family.samples if s.name.endswith("_sum"))
+        return tally
+
+    def add(self, tally: SendTally) -> None:
+        """Count what another process's ``tally`` counted, as if this process had."""
+        for name, values in tally.counters.items():
+            metric = getattr(self, name)
+            for labels, amount in values:
+                (metric.labels(**labels) if labels else metric).inc(amount)
+        # prometheus_client cannot add observations in bulk; its buckets are per-bucket
+        # counters underneath (tests/test_workers.py checks the exported histogram).
+        for bucket, amount in zip(self.latency._buckets, tally.latency_buckets, strict=True):
+            bucket.inc(amount)
+        self.latency._sum.inc(tally.latency_sum)
 
     def watch_subscribers(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Report subscribers by status, read from the database at each scrape."""

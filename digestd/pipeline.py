@@ -18,7 +18,7 @@ from email.message import EmailMessage
 from email.utils import formataddr, parseaddr
 from typing import ClassVar
 
-from digestd import feedback, ledger
+from digestd import feedback, ledger, workers
 from digestd.errors import DigestdError, FeedError, PermanentDeliveryError, TemporaryDeliveryError
 from digestd.inbound.addresses import Addresses
 from digestd.matcher import Corpus, Match, Profile, rank, select
@@ -27,6 +27,7 @@ from digestd.paper import Paper
 from digestd.render import DigestInput, mime
 from digestd.schedule import due_period, is_digest_day, zone
 from digestd.services import Services
+from digestd.store import Share, Store
 
 log = logging.getLogger(__name__)
 
@@ -356,17 +357,34 @@ def digest_input(
 
 
 async def send_period(
-    services: Services, period: date, *, now: datetime | None = None, concurrency: int = 0
+    services: Services,
+    period: date,
+    *,
+    now: datetime | None = None,
+    concurrency: int = 0,
+    stop: asyncio.Event | None = None,
+    share: Share | None = None,
+    split_above: int = workers.SPLIT_ABOVE,
 ) -> SendSummary:
     """Send every digest of ``period`` now, whatever the send times (``digestd send``).
 
     Only the ledger decides: a period already sent, empty or given up is not sent again.
+    More than ``split_above`` subscribers: the send is split over processes (`workers`).
     """
     now = now or datetime.now(UTC)
+    n = workers.processes(services.config) if share is None else 1
+    if n > 1:
+        counts = await asyncio.to_thread(services.store.subscriber_counts)
+        if counts.get(Status.ACTIVE.value, 0) > split_above:
+            job = workers.Job(now, period)
+            summary = await workers.split(services, job, n, stop or asyncio.Event())
+            log.info("period %s: %s", period, summary)
+            return summary
     # A manual send does not wait for papers: what is stored now is what there is.
-    run = await _Run.start(services, now, wait=timedelta(0))
+    run = await _Run.start(services, now, stop=stop, wait=timedelta(0))
     summary = SendSummary()
-    async for batch in _in_thread(services.store.subscribers(status=Status.ACTIVE)):
+    active = services.store.subscribers(status=Status.ACTIVE, share=share)
+    async for batch in _in_thread(active):
         due = [s for s in batch if is_due(s, period)]
         summary.skipped += len(batch) - len(due)
         summary.add(await _send_batch(run, [(s, period, now) for s in due], concurrency))
@@ -381,29 +399,43 @@ async def send_due(
     now: datetime | None = None,
     stop: asyncio.Event | None = None,
     concurrency: int = 0,
+    share: Share | None = None,
+    split_above: int = workers.SPLIT_ABOVE,
 ) -> SendSummary:
     """Send every digest whose local send time has passed and that the ledger has not done.
 
     This is the daemon's tick. Subscribers are grouped by schedule (zone, time, frequency,
-    day), so the due period is computed once per group, not once per subscriber.
+    day), so the due period is computed once per group, not once per subscriber. More than
+    ``split_above`` digests due: the send is split over processes (`workers`).
     """
     now = now or datetime.now(UTC)
-    run = await _Run.start(services, now, stop=stop)
+    store = services.store
     by_period: dict[date, tuple[datetime, list[tuple[str, str, str, int]]]] = {}
-    for group in await asyncio.to_thread(services.store.schedule_groups):
+    for group in await asyncio.to_thread(store.schedule_groups):
         due = due_period(now, group[1], group[0], group[2], group[3])
         if due is not None:
             period, moment = due
             by_period.setdefault(period, (moment, []))[1].append(group)
+    n = workers.processes(services.config) if share is None else 1
+    if n > 1 and await asyncio.to_thread(_count_due, store, by_period, now, split_above + 1) > (
+        split_above
+    ):
+        summary = await workers.split(services, workers.Job(now), n, stop or asyncio.Event())
+        log.info("tick: %s", summary)
+        return summary
+    run = await _Run.start(services, now, stop=stop)
     summary = SendSummary()
     # Whoever just confirmed on the web gets a first digest now, not at tomorrow's send time.
-    welcome = await asyncio.to_thread(
-        services.store.awaiting_first_digest, since=now - timedelta(days=1)
-    )
-    work = [(s, now.astimezone(zone(s.timezone)).date(), now) for s in welcome]
+    welcome = await asyncio.to_thread(store.awaiting_first_digest, since=now - timedelta(days=1))
+    work = [
+        (s, now.astimezone(zone(s.timezone)).date(), now)
+        for s in welcome
+        if share is None or share.has(s.id or 0)
+    ]
     summary.add(await _send_batch(run, work, concurrency))
     for period, (_, groups) in sorted(by_period.items()):
-        async for batch in _in_thread(services.store.due_subscribers(period, groups, now=now)):
+        due_now = store.due_subscribers(period, groups, now=now, share=share)
+        async for batch in _in_thread(due_now):
             if run.stop.is_set():
                 break
             work = []
@@ -420,6 +452,21 @@ async def send_due(
     if summary.sent or summary.retry or summary.failed:
         log.info("tick: %s", summary)
     return summary
+
+
+def _count_due(
+    store: Store,
+    by_period: Mapping[date, tuple[datetime, Sequence[tuple[str, str, str, int]]]],
+    now: datetime,
+    at_most: int,
+) -> int:
+    """Digests due now over every period, counted no further than ``at_most``."""
+    total = 0
+    for period, (_, groups) in by_period.items():
+        if total >= at_most:
+            break
+        total += store.due_count(period, groups, now=now, at_most=at_most - total)
+    return total
 
 
 async def _in_thread(batches: Iterator[list[Subscriber]]) -> AsyncIterator[list[Subscriber]]:

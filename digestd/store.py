@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from alembic import command
@@ -39,6 +39,21 @@ from digestd.subscribers import SubscriberInput
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class Share(NamedTuple):
+    """Share ``number`` of ``total`` disjoint shares of the subscribers (by id), for a send
+    split over processes; the ledger still arbitrates, the shares only keep them apart."""
+
+    number: int
+    total: int
+
+    def holds(self, column: Any) -> Any:
+        """The SQL condition for a subscriber id ``column`` in this share."""
+        return column % self.total == self.number
+
+    def has(self, subscriber_id: int) -> bool:
+        return subscriber_id % self.total == self.number
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -236,15 +251,18 @@ class Store:
         return out
 
     def subscribers(
-        self, *, status: Status | None = None, batch: int = 1000
+        self, *, status: Status | None = None, batch: int = 1000, share: Share | None = None
     ) -> Iterator[list[Subscriber]]:
-        """All subscribers (optionally of one status), in batches by id, never a whole table."""
+        """All subscribers (optionally of one status, or one share of them), in batches by
+        id, never a whole table."""
         last = 0
         while True:
             with self.session() as s:
                 q = select(Subscriber).where(col(Subscriber.id) > last)
                 if status is not None:
                     q = q.where(Subscriber.status == status)
+                if share is not None:
+                    q = q.where(share.holds(col(Subscriber.id)))
                 rows = list(s.exec(q.order_by(col(Subscriber.id)).limit(batch)))
             if not rows:
                 return
@@ -505,12 +523,55 @@ class Store:
         *,
         now: datetime,
         batch: int = 1000,
+        share: Share | None = None,
     ) -> Iterator[list[Subscriber]]:
-        """Active subscribers of ``groups`` whose ``period`` digest is not done, by id batches.
+        """Active subscribers of ``groups`` (or of one share of them) whose ``period`` digest
+        is not done, by id batches.
 
         Rows in flight (claimed under a live lease) or waiting for a later attempt are left
         out here; claim() is still the arbiter when two workers race.
         """
+        where = self._due(period, groups, now, share)
+        last = 0
+        while groups:
+            with self.session() as s:
+                rows = list(
+                    s.exec(
+                        select(Subscriber)
+                        .where(*where, col(Subscriber.id) > last)
+                        .order_by(col(Subscriber.id))
+                        .limit(batch)
+                    )
+                )
+            if not rows:
+                return
+            yield rows
+            last = rows[-1].id or 0
+
+    def due_count(
+        self,
+        period: date,
+        groups: Sequence[tuple[str, str, str, int]],
+        *,
+        now: datetime,
+        at_most: int,
+    ) -> int:
+        """How many subscribers ``due_subscribers`` would list, counting no further than
+        ``at_most`` (whether a send is big is all it is asked)."""
+        if not groups:
+            return 0
+        with self.session() as s:
+            ids = select(Subscriber.id).where(*self._due(period, groups, now, None))
+            inner = ids.limit(at_most).subquery()
+            return int(s.exec(select(sa.func.count()).select_from(inner)).one())
+
+    @staticmethod
+    def _due(
+        period: date,
+        groups: Sequence[tuple[str, str, str, int]],
+        now: datetime,
+        share: Share | None,
+    ) -> list[Any]:
         d = Delivery.__table__.alias("d")  # type: ignore[attr-defined]
         open_row = sa.exists().where(
             d.c.subscriber_id == Subscriber.id,
@@ -530,26 +591,10 @@ class Store:
             col(Subscriber.frequency),
             col(Subscriber.weekly_day),
         ).in_(list(groups))
-        last = 0
-        while groups:
-            with self.session() as s:
-                rows = list(
-                    s.exec(
-                        select(Subscriber)
-                        .where(
-                            Subscriber.status == Status.ACTIVE,
-                            col(Subscriber.id) > last,
-                            in_groups,
-                            ~open_row,
-                        )
-                        .order_by(col(Subscriber.id))
-                        .limit(batch)
-                    )
-                )
-            if not rows:
-                return
-            yield rows
-            last = rows[-1].id or 0
+        where = [Subscriber.status == Status.ACTIVE, in_groups, ~open_row]
+        if share is not None:
+            where.append(share.holds(col(Subscriber.id)))
+        return where
 
     def awaiting_first_digest(self, *, since: datetime, limit: int = 1000) -> list[Subscriber]:
         """Active subscribers who confirmed a subscription since ``since`` and got nothing yet.

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from digestd import config as config_mod
-from digestd import pipeline
+from digestd import pipeline, workers
 from digestd.config import toml_value
 from digestd.models import Status
 from digestd.schedule import due_period, send_moment
@@ -76,14 +76,18 @@ def setup(tmp_path: Path) -> Setup:
 # -- (a) kill -9 mid-send ------------------------------------------------------------------
 
 
-def test_kill_9_while_sending_then_restart(procs: Processes, setup: Setup) -> None:
-    n = KILL_TEST_DIGESTS
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "split-send"])
+def test_kill_9_while_sending_then_restart(procs: Processes, setup: Setup, processes: int) -> None:
+    # Split: more digests than workers.SPLIT_ABOVE, so the daemon hands the send to two send
+    # processes; killed, it leaves them orphans, which stop taking work at once (their pipe
+    # from it closes) and end after their in-flight digests.
+    n = KILL_TEST_DIGESTS if processes == 1 else workers.SPLIT_ABOVE + 500
     relay = start_relay(procs, setup.tmp, "--slow", "0.002")
     tz = noon_zone()
     period = local_today(tz)
     readers = emails(n)
     add_subscribers(setup.db_url, readers, tz)
-    cfg = setup.config(relay.port)
+    cfg = setup.config(relay.port, delivery__processes=processes)
 
     first = start_daemon(procs, cfg, setup.web_port)
     wait_until(
@@ -93,8 +97,8 @@ def test_kill_9_while_sending_then_restart(procs: Processes, setup: Setup) -> No
     assert first.proc.wait(timeout=10) == -signal.SIGKILL
     at_kill = ledger(setup.db, period)
     assert 0 < at_kill["sent"] < n, at_kill
-    # At most a chunk's worth of claims were open; the rest was not claimed yet.
-    assert at_kill["claimed"] <= pipeline.CHUNK, at_kill
+    # At most a chunk's worth of claims per process were open; the rest was not claimed yet.
+    assert at_kill["claimed"] <= pipeline.CHUNK * processes, at_kill
 
     second = start_daemon(procs, cfg, setup.web_port)
     # The dead process's claims are taken over once their 3 s lease has run out.
@@ -116,7 +120,7 @@ def test_kill_9_while_sending_then_restart(procs: Processes, setup: Setup) -> No
     # Only a message in flight at the kill, or accepted by the relay and not yet recorded
     # (sent digests are recorded FLUSH at a time), may arrive twice, and then as the same
     # message: the resend carries the same Message-ID.
-    assert len(twice) <= pipeline.FLUSH + POOL, twice
+    assert len(twice) <= pipeline.FLUSH + POOL, twice  # the split's processes share POOL
     for address, ids in twice.items():
         assert len(ids) == 2 and ids[0] == ids[1], (address, ids)
     assert len({ids[0] for ids in got.values()}) == n  # one Message-ID per delivery

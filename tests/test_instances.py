@@ -152,6 +152,9 @@ def test_three_instances_share_5000_digests_each_sent_once(
             relay.port,
             sources=[{"type": "hf-daily-papers", "url": f"http://127.0.0.1:{feed.port}"}],
             web__port=port,
+            # One send process each, so that the ledger's owners are the instances themselves
+            # (a send split over processes is tests/test_workers.py's).
+            delivery__processes=1,
         )
         configs.append(path.rename(tmp_path / f"instance-{i}.toml"))
     lap("relay, feed server, configs")

@@ -5,9 +5,11 @@
 Builds ``Services`` from CONFIG as ``digestd send`` does, prints one JSON line when ready,
 waits for a line on stdin (so that several instances start sending together), runs
 ``pipeline.send_period(services, PERIOD, now=NOW)`` and prints one JSON line with the
-summary, the wall and CPU seconds of the send, the stage times the summary carries and the
-process's peak RSS. A reservoir sample of the messages it sent (at most SAMPLE of them, a few
-MB held during the send) goes to SAMPLE_FILE, for the bench's raw blast of the same messages.
+summary, the wall and CPU seconds of the send (with those of the send processes it split the
+send over, if it did: see digestd.workers), the stage times the summary carries and the peak
+RSS of the process and of its largest send process. Before it says ready, the digests of SAMPLE
+random subscribers, rendered as the send is about to, go to SAMPLE_FILE, for the bench's raw
+blast of messages like the ones sent.
 """
 
 from __future__ import annotations
@@ -17,69 +19,56 @@ import base64
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
-import random
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from aiosmtplib.email import flatten_message
 
 from digestd import config as config_mod
 from digestd import pipeline
-from digestd.deliver import Mailer
+from digestd.models import Status, Subscriber
 from digestd.services import Services
 
 SAMPLE = 128
 
 
-class SamplingMailer:
-    """Passes every send through to the real mailer and keeps a uniform sample of what was
-    accepted (reservoir sampling: a reference per kept message, nothing more)."""
-
-    def __init__(self, inner: Mailer, size: int = SAMPLE) -> None:
-        self.inner = inner
-        self.size = size
-        self.seen = 0
-        self.kept: list[tuple[EmailMessage | bytes, str, list[str]]] = []
-        self._rng = random.Random(os.getpid())
-
-    async def send(
-        self, message: EmailMessage | bytes, *, sender: str, recipients: Sequence[str]
-    ) -> str:
-        reply = await self.inner.send(message, sender=sender, recipients=recipients)
-        self.seen += 1
-        item = (message, sender, list(recipients))
-        if len(self.kept) < self.size:
-            self.kept.append(item)
-        elif (j := self._rng.randrange(self.seen)) < self.size:
-            self.kept[j] = item
-        return reply
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def dump(self) -> list[dict[str, Any]]:
-        out = []
-        for message, sender, recipients in self.kept:
-            data = message if isinstance(message, bytes) else flatten_message(message)
-            out.append(
-                {
-                    "sender": sender,
-                    "recipients": recipients,
-                    "data": base64.b64encode(data).decode(),
-                }
+def sample_digests(config_path: Path, now: datetime, size: int, out: Path) -> None:
+    """Render the digests of ``size`` random subscribers as the send is about to, for the
+    blast (sampled before the send: after it, their papers count as sent). Run in a process
+    of its own, so that what it loads does not count in the send instance's memory."""
+    config = config_mod.load(config_path)
+    services = Services.build(config)
+    try:
+        with services.store.session() as s:
+            query = (
+                sa.select(Subscriber.email)
+                .where(Subscriber.status == Status.ACTIVE)
+                .order_by(sa.func.random())
+                .limit(2 * size)  # a quarter of the digests are empty: room to spare
             )
-        return out
+            emails = list(s.execute(query).scalars())
+        sender = pipeline.envelope_sender(services)
+        kept = []
+        for email in emails:
+            message = pipeline.preview(services, email, now=now)[1]
+            if message is not None:
+                data = flatten_message(message)
+                kept.append({"sender": sender, "recipients": [email],
+                             "data": base64.b64encode(data).decode()})  # fmt: skip
+            if len(kept) == size:
+                break
+    finally:
+        services.store.close()
+    out.write_text(json.dumps(kept), encoding="utf-8")
 
 
 def rss_kib() -> int:
@@ -105,25 +94,33 @@ def _say(**fields: Any) -> None:
 @dataclass
 class Sent:
     summary: Any
-    sampler: SamplingMailer
     wall: float
+    #: CPU seconds of this process and of the send processes it split the send over
     cpu: float
+    #: the largest peak RSS of those send processes, KiB (0: the send was not split)
+    children_peak_rss_kib: int
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def run(config_path: Path, period: date, now: datetime) -> Sent:
     """Build the services, say ready, wait for the go, and send, timing the send alone."""
     config = config_mod.load(config_path)
     services = Services.build(config)
-    sampler = SamplingMailer(services.mailer)
-    services.mailer = sampler
     _say(ready=True, pid=os.getpid(), rss_kib=rss_kib())
     await asyncio.to_thread(sys.stdin.readline)
-    cpu, start = time.process_time(), time.perf_counter()
+    cpu, children, start = time.process_time(), _children_cpu(), time.perf_counter()
     try:
         summary = await pipeline.send_period(services, period, now=now)
     finally:
         await services.aclose()
-    return Sent(summary, sampler, time.perf_counter() - start, time.process_time() - cpu)
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu + _children_cpu() - children
+    children_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return Sent(summary, wall, cpu, children_rss)
 
 
 def main() -> None:
@@ -131,11 +128,11 @@ def main() -> None:
     # What `digestd send` logs by default: warnings only, not a line per digest.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiosmtplib").setLevel(logging.WARNING)
-    sent = asyncio.run(
-        run(Path(config_path), date.fromisoformat(period), datetime.fromisoformat(now))
-    )
+    when = datetime.fromisoformat(now)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(sample_digests, Path(config_path), when, SAMPLE, Path(sample_file)).result()
+    sent = asyncio.run(run(Path(config_path), date.fromisoformat(period), when))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    Path(sample_file).write_text(json.dumps(sent.sampler.dump()), encoding="utf-8")
     summary = sent.summary
     counts = {
         f.name: getattr(summary, f.name)
@@ -150,6 +147,7 @@ def main() -> None:
         counts=counts,
         stages=stages,
         peak_rss_kib=peak,
+        children_peak_rss_kib=sent.children_peak_rss_kib,
     )
 
 

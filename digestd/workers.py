@@ -1,0 +1,224 @@
+"""A big send split over processes, so that it uses every core.
+
+One process sends a few hundred digests a second, all of it CPU in one event loop (matching,
+templates, MIME, the SMTP client). A send of more than ``SPLIT_ABOVE`` digests is therefore
+handed to ``[delivery] processes`` send processes, each taking one share of the subscribers
+by id (``Share``) and running the same send path on the same database: the ledger's claims
+still decide who sends what, as between instances, so a share a process did not finish
+(it crashed, or the daemon stopped) is sent by the next tick's processes. The process that
+split the send only waits for them; in the daemon, its event loop keeps serving the web.
+
+The processes share the relay's limits: each gets its part of ``[smtp] pool_size`` and
+``rate_limit``; a rate limit one process can keep up with is not split at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import multiprocessing
+import os
+import signal
+from dataclasses import dataclass
+from datetime import date, datetime
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING
+
+from digestd.config import Config
+from digestd.metrics import SendTally
+from digestd.store import Share
+
+if TYPE_CHECKING:
+    from digestd.pipeline import SendSummary
+    from digestd.services import Services
+
+#: what a send process hands back: its summary and what it counted for /metrics
+Report = tuple["SendSummary", SendTally]
+
+log = logging.getLogger(__name__)
+
+#: digests due at once above which a send is split (a process takes about a second to start)
+SPLIT_ABOVE = 2000
+#: digests a second one process keeps up with for sure: a lower rate limit is not split
+PROCESS_RATE = 200.0
+_LOG_FORMAT = "%(levelname)s %(name)s[%(processName)s]: %(message)s"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What each process sends: the due digests at ``now`` (the daemon's tick), or every
+    digest of ``period`` (``digestd send``)."""
+
+    now: datetime
+    period: date | None = None
+
+
+def processes(config: Config) -> int:
+    """How many processes a big send is split over (1: it is not)."""
+    n = config.delivery.processes or os.cpu_count() or 1
+    rate = config.smtp.rate_limit
+    if rate:  # a relay's rate limit caps the send whatever the CPU
+        n = min(n, math.ceil(rate / PROCESS_RATE))
+    return max(1, n)
+
+
+def share_config(config: Config, n: int) -> Config:
+    """``config`` for one of ``n`` send processes: its part of the connections and the rate."""
+    smtp = dataclasses.replace(
+        config.smtp,
+        pool_size=max(1, math.ceil(config.smtp.pool_size / n)),
+        rate_limit=config.smtp.rate_limit / n,
+    )
+    return dataclasses.replace(config, smtp=smtp)
+
+
+async def split(services: Services, job: Job, n: int, stop: asyncio.Event) -> SendSummary:
+    """Run ``job`` in ``n`` send processes, one share each; their summaries added up, and
+    what they counted added to ``services.metrics``.
+
+    ``stop`` asks them to finish their in-flight digests and take no new ones. A process
+    that dies leaves its share to the next send (the ledger's leases bring back what it
+    had claimed); the summary then counts only what the others did.
+    """
+    from digestd.pipeline import SendSummary
+
+    # Spawned: nothing inherited (event loop, sockets, locks). Only pipes between them, no
+    # shared memory or semaphores, which a hardened unit may not provide.
+    context = multiprocessing.get_context("spawn")
+    child_config = share_config(services.config, n)
+    level = logging.getLogger().getEffectiveLevel()
+    started: list[tuple[BaseProcess, Connection, Connection]] = []
+    try:
+        for number in range(n):
+            receive, result = context.Pipe(duplex=False)
+            listen, halt = context.Pipe(duplex=False)
+            process: BaseProcess = context.Process(
+                target=_main,
+                args=(child_config, job, Share(number, n), listen, result, level),
+                name=f"send-{number + 1}of{n}",
+                daemon=True,  # never outlives the daemon
+            )
+            process.start()
+            result.close()  # the child holds the only writer: its exit means EOF here
+            listen.close()  # and ours is the only writer of its halt pipe
+            started.append((process, receive, halt))
+        log.info("send split over %d processes", n)
+        results = await _results(started, stop)
+    except BaseException:
+        # Cancelled (the daemon's shutdown grace ran out) or failed: the processes stop too;
+        # what they had claimed comes back when their leases end.
+        for process, _, _ in started:
+            process.terminate()
+        raise
+    finally:
+        for _, _, halt in started:
+            halt.close()
+    total = SendSummary()
+    stages: dict[str, float] = {}
+    for (ended, _, _), report in zip(started, results, strict=True):
+        if report is None:
+            log.error(
+                "send process %s exited with code %s before it finished; its share is sent "
+                "by the next send",
+                ended.name, ended.exitcode,
+            )  # fmt: skip
+            continue
+        summary, tally = report
+        services.metrics.add(tally)
+        total.add(summary)
+        for name, seconds in summary.stages.items():
+            stages[name] = stages.get(name, 0.0) + seconds
+    total.stages = stages
+    return total
+
+
+async def _results(
+    started: list[tuple[BaseProcess, Connection, Connection]], stop: asyncio.Event
+) -> list[Report | None]:
+    """Each process's report (None: it died first); ``stop`` is passed on to them."""
+    halts = [halt for _, _, halt in started]
+    relay = asyncio.create_task(_relay_stop(stop, halts))
+    try:
+        results = await asyncio.gather(*(asyncio.to_thread(_result, p, r) for p, r, _ in started))
+    finally:
+        relay.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relay
+    return results
+
+
+async def _relay_stop(stop: asyncio.Event, halts: list[Connection]) -> None:
+    await stop.wait()
+    for halt in halts:
+        with contextlib.suppress(OSError):  # that process has ended already
+            halt.send("stop")
+
+
+def _result(process: BaseProcess, receive: Connection) -> Report | None:
+    try:
+        report: Report | None = receive.recv()
+    except EOFError:  # it died without a word
+        report = None
+    finally:
+        receive.close()
+    process.join()
+    return report
+
+
+def _main(
+    config: Config, job: Job, share: Share, halt: Connection, result: Connection, level: int
+) -> None:
+    """A send process: one share of the job; stops early on a word (or EOF: the parent is
+    gone) from ``halt``; its summary goes back through ``result``."""
+    # Ctrl-C reaches the whole process group: the parent decides (through ``halt``).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=level, format=stamp + _LOG_FORMAT)
+    for noisy in ("alembic", "aiosmtplib", "httpx"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    report = asyncio.run(_send(config, job, share, halt))
+    try:
+        result.send(report)
+    except BrokenPipeError:  # the parent died: the ledger has what this process did
+        log.warning("the process that started this send is gone; stopped after what was sent")
+    finally:
+        result.close()
+
+
+async def _send(config: Config, job: Job, share: Share, halt: Connection) -> Report:
+    from digestd import pipeline
+    from digestd.services import Services
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    watcher = asyncio.create_task(_watch(halt, stop))
+    try:
+        async with Services.build(config) as services:
+            if job.period is None:
+                summary = await pipeline.send_due(services, now=job.now, stop=stop, share=share)
+            else:
+                summary = await pipeline.send_period(
+                    services, job.period, now=job.now, stop=stop, share=share
+                )
+            return summary, services.metrics.tally()
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _watch(halt: Connection, stop: asyncio.Event) -> None:
+    """Stop when the parent says so, or when it is gone (its end of the pipe closed)."""
+    ready = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(halt.fileno(), ready.set)
+    try:
+        await ready.wait()
+    finally:
+        loop.remove_reader(halt.fileno())
+    stop.set()

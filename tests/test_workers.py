@@ -1,0 +1,152 @@
+"""A big send split over real send processes, against a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from digestd import config as config_mod
+from digestd import pipeline, workers
+from digestd.models import Delivery, DeliveryStatus, Subscriber
+from digestd.services import Services
+from tests.smtp_server import SmtpServer
+from tests.test_pipeline import DAY1, NOW1, subscribe
+
+TOPICS = ("world models", "agents", "reinforcement learning", "protein folding", "diffusion")
+N = 60
+
+
+@pytest.fixture
+async def services(
+    write_config: Callable[..., Path], smtp_server: SmtpServer
+) -> AsyncIterator[Services]:
+    path = write_config(smtp__host=smtp_server.host, smtp__port=smtp_server.port,
+                        smtp__security="none", smtp__pool_size=4,
+                        delivery__processes=2)  # fmt: skip
+    async with Services.build(config_mod.load(path)) as s:
+        for i in range(N):
+            subscribe(s, f"reader{i}@example.org", TOPICS[i % len(TOPICS)], TOPICS[i % 3])
+        await pipeline.fetch(s, DAY1, now=NOW1)
+        yield s
+
+
+def _rows(services: Services) -> list[tuple[Delivery, str]]:
+    """Every ledger row with its subscriber's address."""
+    with services.store.session() as s:
+        query = sa.select(Delivery, Subscriber.email).join(Subscriber)
+        return [(d, email) for d, email in s.execute(query)]
+
+
+def _check_once_each(services: Services, smtp_server: SmtpServer) -> list[Delivery]:
+    """Every digest the ledger calls sent arrived once; nothing else arrived."""
+    received = Counter(r for m in smtp_server.handler.messages for r in m.rcpt_tos)
+    assert set(received.values()) <= {1}
+    rows = _rows(services)
+    assert set(received) == {email for r, email in rows if r.status == DeliveryStatus.SENT}
+    return [r for r, _ in rows]
+
+
+async def test_a_big_send_is_split_over_processes_and_sends_each_digest_once(
+    services: Services, smtp_server: SmtpServer
+) -> None:
+    summary = await pipeline.send_period(services, DAY1, now=NOW1, split_above=20)
+
+    rows = _check_once_each(services, smtp_server)
+    assert len(rows) == N and summary.sent + summary.empty == N
+    assert summary.sent == len(smtp_server.handler.messages) > N / 2
+    # Two processes shared the work, and the one that split it sent none itself.
+    owners = {r.owner.rsplit(":", 1)[1] for r in rows if r.status == DeliveryStatus.SENT}
+    assert len(owners) == 2 and str(os.getpid()) not in owners
+    assert summary.stages["match"] > 0 and summary.stages["render"] > 0
+    # What the processes counted is on this process's /metrics, as if it had sent them.
+    sample = services.metrics.registry.get_sample_value
+    assert sample("digestd_digests_sent_total") == summary.sent
+    assert sample("digestd_digests_empty_total") == summary.empty
+    assert sample("digestd_send_seconds_count") == summary.sent
+    assert sample("digestd_send_seconds_bucket", {"le": "+Inf"}) == summary.sent
+    assert 0 < sample("digestd_send_seconds_sum") < 60 * summary.sent  # type: ignore[operator]
+    rendering = sample("digestd_send_stage_seconds_total", {"stage": "render"})
+    assert rendering == pytest.approx(summary.stages["render"])
+    # Nothing is left to send: a second split send finds everything done.
+    again = await pipeline.send_period(services, DAY1, now=NOW1, split_above=20)
+    assert (again.sent, again.failed) == (0, 0)
+    assert len(smtp_server.handler.messages) == summary.sent
+
+
+async def test_the_tick_splits_a_big_send_too(services: Services, smtp_server: SmtpServer) -> None:
+    now = datetime(2026, 8, 14, 7, 5, tzinfo=UTC)  # just after everyone's 07:00 UTC send time
+    summary = await pipeline.send_due(services, now=now, split_above=20)
+
+    rows = _check_once_each(services, smtp_server)
+    assert {r.period for r in rows} == {DAY1} and len(rows) == N
+    assert summary.sent == len(smtp_server.handler.messages) > N / 2
+
+
+async def test_a_small_send_stays_in_one_process(
+    services: Services, smtp_server: SmtpServer
+) -> None:
+    summary = await pipeline.send_period(services, DAY1, now=NOW1)  # N is below SPLIT_ABOVE
+
+    rows = _check_once_each(services, smtp_server)
+    assert summary.sent == len(smtp_server.handler.messages)
+    assert {r.owner.rsplit(":", 1)[1] for r in rows} == {str(os.getpid())}
+
+
+async def test_a_stopped_split_send_is_finished_by_the_next_with_no_digest_twice(
+    services: Services, smtp_server: SmtpServer
+) -> None:
+    stop = asyncio.Event()
+    stop.set()  # as if the daemon were told to stop just as the send started
+    first = await pipeline.send_period(services, DAY1, now=NOW1, stop=stop, split_above=20)
+    assert first.sent < N
+
+    later = NOW1 + timedelta(minutes=1)
+    second = await pipeline.send_period(services, DAY1, now=later, split_above=20)
+
+    rows = _check_once_each(services, smtp_server)
+    assert len(rows) == N
+    assert first.sent + second.sent == len(smtp_server.handler.messages)
+    assert all(r.status in (DeliveryStatus.SENT, DeliveryStatus.EMPTY) for r in rows)
+
+
+def test_processes_follow_the_config_and_the_rate_limit(
+    write_config: Callable[..., Path],
+) -> None:
+    def n(**overrides: object) -> int:
+        return workers.processes(config_mod.load(write_config(**overrides)))
+
+    assert n(delivery__processes=3, smtp__rate_limit=0) == 3
+    assert n(delivery__processes=0, smtp__rate_limit=0) == (os.cpu_count() or 1)
+    # 20 digests a second is well within one process: splitting would only cost memory.
+    assert n(delivery__processes=4, smtp__rate_limit=20) == 1
+    assert n(delivery__processes=4, smtp__rate_limit=500) == 3
+    shared = workers.share_config(
+        config_mod.load(write_config(smtp__pool_size=5, smtp__rate_limit=500)), 2
+    )
+    assert (shared.smtp.pool_size, shared.smtp.rate_limit) == (3, 250.0)
+
+
+async def test_a_send_process_that_dies_is_reported_and_the_split_send_returns(
+    services: Services, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The processes are told of a database that cannot be opened: each fails as it starts.
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("", encoding="utf-8")
+    url = f"sqlite:///{blocked}/digestd.db"
+    broken = dataclasses.replace(
+        services, config=dataclasses.replace(services.config, database_url=url)
+    )
+
+    summary = await workers.split(broken, workers.Job(NOW1, DAY1), 2, asyncio.Event())
+
+    assert (summary.sent, summary.empty, summary.failed) == (0, 0, 0)
+    died = [r for r in caplog.records if "exited with code 1 before it finished" in r.message]
+    assert len(died) == 2

@@ -127,12 +127,14 @@ def claim(
                 }
                 for i in sorted(set(ids))
             ]
-            new = conn.execute(
+            # Parameters as a list (executemany): SQLAlchemy batches them into multi-row
+            # INSERTs from one cached statement; .values(rows) compiled a new one each time.
+            insert = (
                 _insert(engine)(_DELIVERIES)
-                .values(rows)
                 .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
                 .returning(*c)
-            ).all()
+            )
+            new = conn.execute(insert, rows).all()
             won += (_claim(r, True) for r in new)
             inserted = {r.subscriber_id for r in new}
             rest = [i for i in ids if i not in inserted]

@@ -49,7 +49,7 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
         xscale="log", ylabel="messages / s", title="digests/s end to end (—), raw blast (- -)"
     )
     rate_ax.set_ylim(bottom=0)
-    mem_ax.set(xscale="log", ylabel="MiB", title="peak RSS of one send instance")
+    mem_ax.set(xscale="log", ylabel="MiB", title="peak RSS of one process (the largest)")
     mem_ax.set_ylim(bottom=0)
     for ax in (time_ax, rate_ax, mem_ax):
         ax.set_xlabel("subscribers")

@@ -81,7 +81,7 @@ class DeliveryConfig:
     bounce_limit_no_such_user: int = 1
     bounce_limit: int = 3
     shutdown_grace_seconds: float = 30.0
-    #: send processes for a big send; 0: one per CPU core
+    #: send processes for a big send; 0: one per core this process may run on
     processes: int = 0
 
 

@@ -59,11 +59,19 @@ class Job:
 
 def processes(config: Config) -> int:
     """How many processes a big send is split over (1: it is not)."""
-    n = config.delivery.processes or os.cpu_count() or 1
+    n = config.delivery.processes or _cores()
     rate = config.smtp.rate_limit
     if rate:  # a relay's rate limit caps the send whatever the CPU
         n = min(n, math.ceil(rate / PROCESS_RATE))
     return max(1, n)
+
+
+def _cores() -> int:
+    """The cores this process may run on (a systemd CPUAffinity= or taskset counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def share_config(config: Config, n: int) -> Config:

@@ -124,7 +124,7 @@ def test_processes_follow_the_config_and_the_rate_limit(
         return workers.processes(config_mod.load(write_config(**overrides)))
 
     assert n(delivery__processes=3, smtp__rate_limit=0) == 3
-    assert n(delivery__processes=0, smtp__rate_limit=0) == (os.cpu_count() or 1)
+    assert n(delivery__processes=0, smtp__rate_limit=0) == len(os.sched_getaffinity(0))
     # 20 digests a second is well within one process: splitting would only cost memory.
     assert n(delivery__processes=4, smtp__rate_limit=20) == 1
     assert n(delivery__processes=4, smtp__rate_limit=500) == 3

@@ -424,12 +424,12 @@ async def send_due(
             period, moment = due
             by_period.setdefault(period, (moment, []))[1].append(group)
     n = workers.processes(services.config) if share is None else 1
-    if n > 1 and await asyncio.to_thread(_count_due, store, by_period, now, split_above + 1) > (
-        split_above
-    ):
-        summary = await workers.split(services, workers.Job(now), n, stop or asyncio.Event())
-        log.info("tick: %s", summary)
-        return summary
+    if n > 1:
+        pending = await asyncio.to_thread(_count_due, store, by_period, now, split_above + 1)
+        if pending > split_above:
+            summary = await workers.split(services, workers.Job(now), n, stop or asyncio.Event())
+            log.info("tick: %s", summary)
+            return summary
     run = await _Run.start(services, now, stop=stop)
     summary = SendSummary()
     # Whoever just confirmed on the web gets a first digest now, not at tomorrow's send time.

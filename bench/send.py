@@ -59,7 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "drops (default: a SQLite file in the work folder)",
     )
     p.add_argument("--server", choices=("aiosmtpd", "postfix"), default="aiosmtpd")
-    p.add_argument("--pool-size", type=int, default=8, help="[smtp] pool_size (8)")
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=16,
+        help="[smtp] pool_size (16: 8 per send process on 2 cores; the blast uses as many)",
+    )
     p.add_argument(
         "--processes",
         type=int,

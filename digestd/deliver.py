@@ -104,6 +104,23 @@ class _Pacer:
             await asyncio.sleep(at - now)
 
 
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _transparent(message: bytes) -> bytes:
+    """``message`` as DATA carries it (RFC 5321 4.5.2): CRLF line endings, a line starting
+    with a dot doubled, the end-of-data line."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+        message = _LINE_ENDINGS.sub(b"\r\n", message)
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    if message.startswith(b".") or b"\n." in message:
+        message = _LEADING_DOT.sub(b"..", message)
+    return message + b".\r\n"
+
+
 class SmtpMailer:
     """Sends through one relay over at most ``pool_size`` reused connections."""
 
@@ -185,7 +202,7 @@ class SmtpMailer:
                 # to everyone or to no one, so the caller can record a single outcome.
                 for recipient in recipients:
                     await client.rcpt(recipient, encoding="utf-8" if utf8 else "ascii")
-                return await client.data(flat)
+                return await self._data(client, flat)
             except aiosmtplib.SMTPResponseException:
                 await self._reset(client)
                 raise
@@ -208,6 +225,31 @@ class SmtpMailer:
         if utf8:
             options.append("SMTPUTF8")
         await client.mail(sender, options=options, encoding="utf-8" if utf8 else "ascii")
+
+    @staticmethod
+    async def _data(client: aiosmtplib.SMTP, flat: bytes) -> aiosmtplib.SMTPResponse:
+        """DATA, then the message. What aiosmtplib's ``data()`` does, less its two regular
+        expression passes over every message (line endings, leading dots): a digest is built
+        with CRLF and no lone CR or LF, which a count finds ten times faster, and rarely has a
+        line starting with a dot. The passes were 7% of a send's CPU."""
+        payload = _transparent(flat)
+        start = await client.execute_command(b"DATA")
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = client.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        try:
+            # No await between the write and read_response(), which marks a reply as
+            # expected: the reply cannot arrive before it is waited for.
+            protocol.write(payload)
+            response = await protocol.read_response(timeout=client.timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            client.close()  # as aiosmtplib does: the protocol state is unknown
+            raise
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
 
     @staticmethod
     async def _reset(client: aiosmtplib.SMTP) -> None:

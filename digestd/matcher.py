@@ -126,7 +126,9 @@ def rank(
 def _outside(paper: Paper, corpus: Corpus) -> bool:
     """The corpus does not hold this paper as given (its postings do not speak for it)."""
     doc = corpus.docs.get(paper.id)
-    return doc is None or doc.paper != paper
+    # identity first: in a send the papers are the corpus's own, and a dataclass's == compares
+    # every field
+    return doc is None or (doc.paper is not paper and doc.paper != paper)
 
 
 def select(ranked: Sequence[Match], profile: Profile) -> list[Match]:

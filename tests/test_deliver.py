@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from digestd.config import SmtpConfig
-from digestd.deliver import OutboxMailer, SmtpMailer, classify
+from digestd.deliver import OutboxMailer, SmtpMailer, _transparent, classify
 from digestd.errors import PermanentDeliveryError, TemporaryDeliveryError
 from tests.smtp_server import SmtpServer, ThreadedSmtpServer
 
@@ -87,6 +87,37 @@ async def test_message_arrives_intact(smtp_server: SmtpServer, make_mailer: Make
     assert text is not None and html is not None
     assert text.get_content() == TEXT  # including the dot-stuffed line
     assert html.get_content() == HTML
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Subject: a\r\n\r\nbody\r\n",  # as digestd builds them: nothing to change
+        b"Subject: a\r\n\r\nno final line ending",
+        b"Subject: a\n\nbare LF\nlines\n",
+        b"Subject: a\r\rlone CR\rand\r\nmixed\n\r",
+        b"Subject: a\r\n\r\n.dot\r\n..two\r\n.\r\nend\r\n",
+        b".starts with a dot\n.\r.\n",
+        b"",
+    ],
+)
+def test_data_payload_is_what_aiosmtplib_would_send(raw: bytes) -> None:
+    # SmtpMailer writes DATA's payload itself (the library's version costs two regular
+    # expression passes over every message); it must be byte for byte the library's.
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    assert _transparent(raw) == PERIOD_REGEX.sub(b"..", normalize_message_line_endings(raw)) + (
+        b".\r\n"
+    )
+
+
+async def test_bytes_with_bare_line_endings_and_leading_dots_arrive_intact(
+    smtp_server: SmtpServer, make_mailer: MakeMailer
+) -> None:
+    raw = b"Subject: dots\nMessage-ID: <d@digestd.test>\n\n.one\n..two\n.\nlast"
+    await make_mailer().send(raw, sender=SENDER, recipients=[RCPT])
+    [received] = smtp_server.handler.messages
+    assert received.data == raw.replace(b"\n", b"\r\n") + b"\r\n"
 
 
 async def test_sequential_sends_reuse_one_connection(

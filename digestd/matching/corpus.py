@@ -254,6 +254,12 @@ class Corpus:
 
     def acronym_for(self, words: tuple[str, ...]) -> list[str]:
         """Acronyms papers define for exactly these (stemmed content) words."""
-        return sorted(
-            a for a, forms in self.acronyms.items() if any(content_words(f) == words for f in forms)
-        )
+        known = self.memo.get(("acronyms by words",))
+        if not isinstance(known, dict):
+            # built once per corpus: every topic of a send asks, for each run of its words
+            known = {}
+            for a, forms in self.acronyms.items():
+                for f in forms:
+                    known.setdefault(content_words(f), set()).add(a)
+            self.remember(("acronyms by words",), known)
+        return sorted(known.get(words, ()))

@@ -155,11 +155,17 @@ def _coverage(f: Field, topic: Topic, counted: bool) -> tuple[float, list[Span]]
     total = sum(w for _, w in topic.weights)
     got = 0.0
     seen: list[Span] = []
+    index = f.index
     for alternatives, weight in topic.weights:
-        positions = sorted(p for s in alternatives for p in f.index.get(s, ()))
-        if positions:
-            got += weight * (1 - 0.5 ** len(positions) if counted else 1.0)
-            seen.append(Span(positions[0], positions[0] + 1))
+        mentions, first = 0, -1
+        for s in alternatives:
+            if positions := index.get(s):
+                mentions += len(positions)
+                at = min(positions)
+                first = at if first < 0 else min(first, at)
+        if mentions:
+            got += weight * (1 - 0.5**mentions if counted else 1.0)
+            seen.append(Span(first, first + 1))
     return (got / total if total else 0.0), seen
 
 

@@ -255,11 +255,12 @@ class Corpus:
     def acronym_for(self, words: tuple[str, ...]) -> list[str]:
         """Acronyms papers define for exactly these (stemmed content) words."""
         known = self.memo.get(("acronyms by words",))
-        if not isinstance(known, dict):
-            # built once per corpus: every topic of a send asks, for each run of its words
-            known = {}
-            for a, forms in self.acronyms.items():
-                for f in forms:
-                    known.setdefault(content_words(f), set()).add(a)
-            self.remember(("acronyms by words",), known)
-        return sorted(known.get(words, ()))
+        if isinstance(known, dict):
+            return sorted(known.get(words, ()))
+        # built once per corpus: every topic of a send asks, for each run of its words
+        by_words: dict[tuple[str, ...], set[str]] = {}
+        for a, forms in self.acronyms.items():
+            for f in forms:
+                by_words.setdefault(content_words(f), set()).add(a)
+        self.remember(("acronyms by words",), by_words)
+        return sorted(by_words.get(words, ()))

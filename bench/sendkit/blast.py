@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 
@@ -104,3 +105,11 @@ def blast(
     """Once ``go`` says so, send ``messages`` round-robin over ``connections`` connections
     until ``seconds`` have passed or ``limit`` messages went out; put the Result."""
     results.put(asyncio.run(_blast(port, messages, connections, seconds, limit, go)))
+
+
+def mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One reference from the blasts before and after a send: their mean rate, each kept."""
+    out = dict(runs[-1])
+    out["per_second"] = sum(r["per_second"] for r in runs) / len(runs)
+    out["runs"] = [{k: v for k, v in r.items() if k != "runs"} for r in runs]
+    return out

@@ -164,10 +164,15 @@ def report(r: dict[str, Any]) -> str:
         lines.append(line)
     if "blast" in r:
         b = r["blast"]
+        runs = b.get("runs", [b])
+        each = " and ".join(
+            f"{x['per_second']:.0f} msg/s ({x['messages']:,} in {x['seconds']:.1f} s)" for x in runs
+        )
+        when = "before and after the send" if len(runs) == 2 else "after the send"
         lines.append(
-            f"blast       {b['per_second']:.1f} msg/s raw ({b['messages']:,} in "
-            f"{b['seconds']:.1f} s over {b['connections']} connections; {b['sample']} of the "
-            f"digests sent, {b['mean_bytes'] / 1000:.1f} kB mean)"
+            f"blast       {b['per_second']:.1f} msg/s raw: {each} {when}, over "
+            f"{b['connections']} connections; {b['sample']} of the digests sent, "
+            f"{b['mean_bytes'] / 1000:.1f} kB mean"
         )
         met = "met" if r["ratio"] >= TARGET_RATIO else "NOT met"
         lines.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.policy
 import email.utils
+import functools
 import hashlib
 import logging
 import os
@@ -77,6 +78,7 @@ def classify(exc: BaseException) -> DeliveryError:
     return TemporaryDeliveryError(_one_line(f"SMTP failed: {type(exc).__name__}: {exc}"))
 
 
+@functools.lru_cache(maxsize=256)  # the envelope sender is the same for every digest
 def _is_bare(address: str) -> bool:
     # aiosmtplib sends whatever parseaddr makes of a malformed address, which may be another
     # mailbox than the caller meant; accept only what survives parsing unchanged.
@@ -201,7 +203,7 @@ class SmtpMailer:
                 # One refused recipient aborts the whole transaction: a message is delivered
                 # to everyone or to no one, so the caller can record a single outcome.
                 for recipient in recipients:
-                    await client.rcpt(recipient, encoding="utf-8" if utf8 else "ascii")
+                    await self._rcpt(client, recipient, utf8)
                 return await self._data(client, flat)
             except aiosmtplib.SMTPResponseException:
                 await self._reset(client)
@@ -224,7 +226,21 @@ class SmtpMailer:
             options.append("BODY=8BITMIME")
         if utf8:
             options.append("SMTPUTF8")
-        await client.mail(sender, options=options, encoding="utf-8" if utf8 else "ascii")
+        # aiosmtplib's mail() and rcpt() parse the address again on every call; send() has
+        # made sure each is a bare addr-spec that parses to itself, so it goes as it is.
+        address = f"<{sender}>".encode("utf-8" if utf8 else "ascii")
+        response = await client.execute_command(
+            b"MAIL", b"FROM:" + address, *(o.encode("ascii") for o in options)
+        )
+        if response.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+
+    @staticmethod
+    async def _rcpt(client: aiosmtplib.SMTP, recipient: str, utf8: bool) -> None:
+        address = f"<{recipient}>".encode("utf-8" if utf8 else "ascii")
+        response = await client.execute_command(b"RCPT", b"TO:" + address)
+        if response.code not in (250, 251):
+            raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
 
     @staticmethod
     async def _data(client: aiosmtplib.SMTP, flat: bytes) -> aiosmtplib.SMTPResponse:

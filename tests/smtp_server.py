@@ -42,7 +42,8 @@ class RecordingHandler:
 
     Set the attributes at any time, also from another thread:
 
-    - ``rcpt_reply`` / ``data_reply``: answer every RCPT / end of DATA with this reply
+    - ``mail_reply`` / ``rcpt_reply`` / ``data_reply``: answer every MAIL / RCPT / end of DATA
+      with this reply
       (e.g. ``"451 4.3.0 Try later"``) instead of accepting;
     - ``rcpt_replies``: the same, per recipient address (checked before ``rcpt_reply``);
     - ``data_delay``: seconds to sleep before answering the end of DATA;
@@ -59,6 +60,7 @@ class RecordingHandler:
         self.commands: list[str] = []  # EHLO, MAIL, RCPT, DATA, RSET, QUIT as they arrive
         self.connections = 0
         self.logins: list[str] = []
+        self.mail_reply: str | None = None
         self.rcpt_reply: str | None = None
         self.rcpt_replies: dict[str, str] = {}
         self.data_reply: str | None = None
@@ -82,6 +84,8 @@ class RecordingHandler:
             assert server.transport is not None
             server.transport.close()
             return "421 4.4.2 closing (never seen by the client)"
+        if self.mail_reply is not None:
+            return self.mail_reply
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 Ok"

@@ -173,6 +173,28 @@ async def test_550_for_one_recipient_is_permanent(
     assert smtp_server.handler.connections == 1
 
 
+async def test_refused_sender_is_temporary_never_a_bounce(
+    smtp_server: SmtpServer, make_mailer: MakeMailer
+) -> None:
+    # A 5xx at MAIL FROM speaks about our sender address, not the subscriber's.
+    mailer = make_mailer()
+    smtp_server.handler.mail_reply = "553 5.7.1 Sender address rejected: not yours"
+    with pytest.raises(TemporaryDeliveryError) as caught:
+        await send(mailer)
+    assert (caught.value.code, caught.value.reply) == (
+        553,
+        "553 5.7.1 Sender address rejected: not yours",
+    )
+    assert smtp_server.handler.commands[-1] == "RSET"
+    assert "RCPT" not in smtp_server.handler.commands
+
+    smtp_server.handler.mail_reply = None
+    assert (await send(mailer)).startswith("250 ")
+    [received] = smtp_server.handler.messages
+    assert (received.mail_from, received.rcpt_tos) == (SENDER, [RCPT])
+    assert smtp_server.handler.connections == 1
+
+
 @pytest.mark.parametrize(
     ("reply", "error", "code"),
     [

@@ -140,19 +140,29 @@ async def test_concurrent_sends_stay_within_pool(
     assert smtp_server.handler.connections == 2
 
 
-async def test_451_at_rcpt_is_temporary_and_keeps_the_connection(
-    smtp_server: SmtpServer, make_mailer: MakeMailer
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        ("rcpt", "451 4.3.0 Try later"),
+        # A 5xx at MAIL FROM speaks about our sender address: never the subscriber's bounce.
+        ("mail", "553 5.7.1 Sender address rejected: not yours"),
+    ],
+)
+async def test_refusal_at_mail_or_rcpt_is_temporary_and_keeps_the_connection(
+    smtp_server: SmtpServer, make_mailer: MakeMailer, command: str, reply: str
 ) -> None:
     mailer = make_mailer()
-    smtp_server.handler.rcpt_reply = "451 4.3.0 Try later"
+    setattr(smtp_server.handler, f"{command}_reply", reply)
     with pytest.raises(TemporaryDeliveryError) as caught:
         await send(mailer)
-    assert caught.value.code == 451
-    assert caught.value.reply == "451 4.3.0 Try later"
+    assert (caught.value.code, caught.value.reply) == (int(reply[:3]), reply)
     assert smtp_server.handler.commands[-1] == "RSET"
+    assert smtp_server.handler.commands.count("RCPT") == (command == "rcpt")
 
-    smtp_server.handler.rcpt_reply = None
+    setattr(smtp_server.handler, f"{command}_reply", None)
     assert (await send(mailer)).startswith("250 ")
+    [received] = smtp_server.handler.messages
+    assert (received.mail_from, received.rcpt_tos) == (SENDER, [RCPT])
     assert smtp_server.handler.connections == 1
 
 
@@ -170,28 +180,6 @@ async def test_550_for_one_recipient_is_permanent(
         await mailer.send(message, sender=SENDER, recipients=[RCPT, "gone@example.org"])
     assert smtp_server.handler.messages == []
     assert (await send(mailer)).startswith("250 ")
-    assert smtp_server.handler.connections == 1
-
-
-async def test_refused_sender_is_temporary_never_a_bounce(
-    smtp_server: SmtpServer, make_mailer: MakeMailer
-) -> None:
-    # A 5xx at MAIL FROM speaks about our sender address, not the subscriber's.
-    mailer = make_mailer()
-    smtp_server.handler.mail_reply = "553 5.7.1 Sender address rejected: not yours"
-    with pytest.raises(TemporaryDeliveryError) as caught:
-        await send(mailer)
-    assert (caught.value.code, caught.value.reply) == (
-        553,
-        "553 5.7.1 Sender address rejected: not yours",
-    )
-    assert smtp_server.handler.commands[-1] == "RSET"
-    assert "RCPT" not in smtp_server.handler.commands
-
-    smtp_server.handler.mail_reply = None
-    assert (await send(mailer)).startswith("250 ")
-    [received] = smtp_server.handler.messages
-    assert (received.mail_from, received.rcpt_tos) == (SENDER, [RCPT])
     assert smtp_server.handler.connections == 1
 
 

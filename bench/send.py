@@ -268,16 +268,16 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 blasts.append(result)
 
         stats: list[servers.Stats] = []
-        # The reference is measured just before the send (the workers are ready and idle) and
-        # again just after it: this shared machine's speed drifts by 10-20% over minutes, and
-        # the mean of the two brackets the send.
+
+        def before_go(files: list[Path]) -> None:
+            # The reference is measured just before the send (the workers are ready and idle)
+            # and again just after it: this shared machine's speed drifts by 10-20% over
+            # minutes, and the mean of the two brackets the send.
+            blast_now(files)
+            stats.append(server.stats())  # the send's server figures start here
+
         workers, wall, busy, sample_files = run_workers(
-            config,
-            args.instances,
-            period,
-            now,
-            work,
-            lambda files: (blast_now(files), stats.append(server.stats())),
+            config, args.instances, period, now, work, before_go
         )
         before, after = stats[0], server.stats()
         out["send"] = figures.send_figures(workers, wall)

@@ -246,8 +246,9 @@ class SmtpMailer:
     async def _data(client: aiosmtplib.SMTP, flat: bytes) -> aiosmtplib.SMTPResponse:
         """DATA, then the message. What aiosmtplib's ``data()`` does, less its two regular
         expression passes over every message (line endings, leading dots): a digest is built
-        with CRLF and no lone CR or LF, which a count finds ten times faster, and rarely has a
-        line starting with a dot. The passes were 7% of a send's CPU."""
+        with CRLF and no lone CR or LF, which byte counts confirm, and rarely has a line
+        starting with a dot (39 against 132 µs for 20 KB). The passes were 7% of a send's
+        CPU."""
         payload = _transparent(flat)
         start = await client.execute_command(b"DATA")
         if start.code != 354:

@@ -8,6 +8,7 @@ import pytest
 
 from digestd.matcher import Corpus, Profile, match, name_key, rank, select, terms
 from digestd.matching.corpus import definitions, subject_text
+from digestd.matching.topics import compile_topic, holders
 from digestd.paper import Paper
 from digestd.sources import jsonfile
 from tests.conftest import HF_DAYS
@@ -223,3 +224,8 @@ def test_reading_only_papers_that_can_score_changes_nothing() -> None:
         ], profile
         compared += len(full)
     assert compared > 100  # the profiles do match papers
+    # A send remembers readings only for papers holding a word of the topic (the others
+    # read nothing whatever the topic): a third of what it remembered before, at a million.
+    remembered = [k for k in corpus.memo if isinstance(k, tuple) and k[0] == "evidence"]
+    assert remembered
+    assert all(k[2] in holders(compile_topic(k[1], corpus), corpus) for k in remembered)

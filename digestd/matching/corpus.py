@@ -231,7 +231,11 @@ class Corpus:
     def doc(self, paper: Paper) -> Doc:
         """The paper analysed: from the corpus when it holds it, else analysed now."""
         known = self.docs.get(paper.id)
-        return known if known is not None and known.paper == paper else analyse(paper)
+        # identity first: in a send the papers are the corpus's own, and a dataclass's ==
+        # compares every field
+        if known is not None and (known.paper is paper or known.paper == paper):
+            return known
+        return analyse(paper)
 
     def idf(self, stem_: str) -> float:
         """Rarity of a stem: BM25's idf, high for a stem no stored paper has."""

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 from digestd.matching.authors import Name
 from digestd.matching.corpus import Corpus, Doc
-from digestd.matching.topics import Topic, combine, compile_topic, evidence, holders
+from digestd.matching.topics import (
+    Topic,
+    combine,
+    compile_topic,
+    evidence,
+    holders,
+    remembered,
+)
 from digestd.paper import Paper
 
 #: a topic weaker than this is not worth a word in the explanation
@@ -31,6 +38,10 @@ class Preferences:
     authors: tuple[tuple[Name, str], ...]
     categories: frozenset[str]
     corpus: Corpus
+    #: per topic, the corpus's papers holding a word of it (`holders`): only they can score
+    holding: tuple[frozenset[str], ...] = ()
+    #: the corpus's papers with an author of a followed last name
+    authored: frozenset[str] = frozenset()
 
     @classmethod
     def compile(
@@ -41,12 +52,19 @@ class Preferences:
         authors: Sequence[str] = (),
         categories: Sequence[str] = (),
     ) -> Preferences:
+        compiled = tuple(t for t in (compile_topic(x, corpus) for x in topics) if t.forms)
+        names = tuple((Name.of(a), a) for a in authors if Name.of(a).last)
+        authored: set[str] = set()
+        for name, _ in names:
+            authored |= _by_last(corpus).get(name.last, set())
         return cls(
-            tuple(t for t in (compile_topic(x, corpus) for x in topics) if t.forms),
+            compiled,
             tuple(t for t in (compile_topic(x, corpus) for x in exclude) if t.forms),
-            tuple((Name.of(a), a) for a in authors if Name.of(a).last),
+            names,
             frozenset(c.casefold() for c in categories),
             corpus,
+            tuple(holders(t, corpus) for t in compiled),
+            frozenset(authored),
         )
 
     def possible(self) -> set[str]:
@@ -54,13 +72,9 @@ class Preferences:
         holding a word of a topic, by an author of a followed name, or in a category asked
         for. Every other paper scores 0 (interest() needs one of these to say anything)."""
         corpus = self.corpus
-        found: set[str] = set()
-        for topic in self.topics:
-            found |= holders(topic, corpus)
-        if self.authors:
-            by_last = _index(corpus, "authors", lambda p: (Name.of(a).last for a in p.authors))
-            for name, _ in self.authors:
-                found |= by_last.get(name.last, set())
+        found: set[str] = set(self.authored)
+        for holding in self.holding:
+            found |= holding
         if self.categories:
             by_category = _index(
                 corpus, "categories", lambda p: (c.casefold() for c in p.categories)
@@ -68,6 +82,10 @@ class Preferences:
             for category in self.categories:
                 found |= by_category.get(category, set())
         return found
+
+
+def _by_last(corpus: Corpus) -> dict[str, set[str]]:
+    return _index(corpus, "authors", lambda p: (Name.of(a).last for a in p.authors))
 
 
 def _index(
@@ -90,17 +108,27 @@ def interest(doc: Doc, prefs: Preferences) -> tuple[float, list[str], str]:
     """The paper's score in [0, 1] for the topics, authors and categories, the reasons worth
     saying, and the best topic's reason however weak (for a paper with nothing better)."""
     reasons: list[str] = []
-    hits = sorted(
-        (
-            (e.score, e.why)
-            for e in (evidence(doc, t, prefs.corpus) for t in prefs.topics)
-            if e.score > 0
-        ),
-        reverse=True,
-    )
+    corpus = prefs.corpus
+    pid = doc.paper.id
+    # In a send every paper is the corpus's own: a topic none of whose words the paper holds
+    # reads nothing, and most of a profile's topics are such for most of its papers.
+    own = corpus.docs.get(pid) is doc
+    hits: list[tuple[float, str]] = []
+    for topic, holding in zip(prefs.topics, prefs.holding, strict=True):
+        if not own:
+            e = evidence(doc, topic, corpus)
+        elif pid in holding:
+            e = remembered(doc, topic, corpus)
+        else:
+            continue
+        if e.score > 0:
+            hits.append((e.score, e.why))
+    if len(hits) > 1:
+        hits.sort(reverse=True)
     s = combine([h[0] for h in hits])
     reasons += [why for s_, why in hits[:2] if s_ >= MENTION]
-    for author in doc.paper.authors if prefs.authors else ():
+    by_followed = prefs.authors and (not own or pid in prefs.authored)
+    for author in doc.paper.authors if by_followed else ():
         name = Name.of(author)
         who = next((w for n, w in prefs.authors if n.is_(name)), None)
         if who is not None:

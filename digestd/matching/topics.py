@@ -295,6 +295,16 @@ def evidence(doc: Doc, topic: Topic, corpus: Corpus | None = None) -> Evidence:
     """
     if corpus is None or corpus.docs.get(doc.paper.id) is not doc:
         return _evidence(doc, topic, corpus)
+    if doc.paper.id not in holders(topic, corpus):
+        # Most (topic, paper) pairs a send asks about: a profile's papers are those holding
+        # a word of any of its topics. Not remembered: two thirds of the memo were these.
+        return NOTHING
+    return remembered(doc, topic, corpus)
+
+
+def remembered(doc: Doc, topic: Topic, corpus: Corpus) -> Evidence:
+    """`evidence` for a paper the caller knows is the corpus's own and holds a word of
+    ``topic`` (`holders`)."""
     key = ("evidence", topic.text, doc.paper.id)
     known = corpus.memo.get(key)
     if isinstance(known, Evidence):
@@ -304,10 +314,14 @@ def evidence(doc: Doc, topic: Topic, corpus: Corpus | None = None) -> Evidence:
     return found
 
 
+#: a paper holding no word of the topic: no reading can find anything
+NOTHING = Evidence(0.0, "", (0.0,) * len(FEATURES))
+
+
 def _evidence(doc: Doc, topic: Topic, corpus: Corpus | None) -> Evidence:
     x, why = features(doc, topic)
     if not any(x):
-        return Evidence(0.0, "", x)
+        return NOTHING
     if corpus is not None:
         ctx = context(topic, corpus)
         if ctx:

@@ -75,6 +75,16 @@ def rank(
     ``corpus`` carries what the stored papers teach (term rarity, acronyms) and their
     one-time analysis; without it, the given papers are the whole corpus.
     """
+    return [_match(*scored) for scored in _scored(papers, profile, sent, corpus)]
+
+
+#: (exact score, score shown: rounded, paper, reasons), as `_scored` finds them
+_Scored = tuple[float, float, Paper, list[str]]
+
+
+def _scored(
+    papers: Sequence[Paper], profile: Profile, sent: Collection[str], corpus: Corpus | None
+) -> list[_Scored]:
     candidates = [p for p in {p.id: p for p in papers}.values() if p.id not in sent]
     if corpus is None:
         corpus = Corpus.of(candidates)
@@ -95,7 +105,7 @@ def rank(
         space = Space.of(docs)
         liked = voted([corpus.doc(p) for p in profile.liked], space)
         disliked = voted([corpus.doc(p) for p in profile.disliked], space)
-    out: list[tuple[float, Match]] = []
+    out: list[_Scored] = []
     for paper, doc in zip(candidates, docs, strict=True):
         score, reasons, weak = interest(doc, prefs)
         if liked or disliked:
@@ -114,16 +124,20 @@ def rank(
             if why:
                 reasons.append(why)
         exact = min(score, 1.0)
-        score = round(exact, 4)
-        if score > 0 and not reasons and weak:  # listed (low) for --min-score 0, never sent
+        shown = round(exact, 4)
+        if shown > 0 and not reasons and weak:  # listed (low) for --min-score 0, never sent
             reasons.append(weak)
-        if score > 0 and reasons:
-            why = "; ".join(reasons)
-            out.append((exact, Match(paper, score, why[:1].upper() + why[1:], tuple(reasons))))
+        if shown > 0 and reasons:
+            out.append((exact, shown, paper, reasons))
     # Ordered by the exact score, shown rounded: rounding first made ties of papers that
     # differ in the fifth decimal, broken by id (development nDCG@10 0.870 -> 0.879).
-    out.sort(key=lambda em: (-em[0], em[1].paper.id))
-    return [m for _, m in out]
+    out.sort(key=lambda s: (-s[0], s[2].id))
+    return out
+
+
+def _match(_exact: float, shown: float, paper: Paper, reasons: list[str]) -> Match:
+    why = "; ".join(reasons)
+    return Match(paper, shown, why[:1].upper() + why[1:], tuple(reasons))
 
 
 def _outside(paper: Paper, corpus: Corpus) -> bool:
@@ -146,4 +160,11 @@ def match(
     sent: Collection[str] = (),
     corpus: Corpus | None = None,
 ) -> list[Match]:
-    return select(rank(papers, profile, sent=sent, corpus=corpus), profile)
+    """``select(rank(...))``, with only the papers selected worded (a send's way: it ranks
+    every subscriber's papers and keeps a few)."""
+    chosen: list[Match] = []
+    for scored in _scored(papers, profile, sent, corpus):
+        if len(chosen) >= profile.max_papers or scored[1] < profile.min_score:
+            break
+        chosen.append(_match(*scored))
+    return chosen

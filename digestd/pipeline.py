@@ -22,7 +22,7 @@ from typing import ClassVar
 from digestd import feedback, ledger, workers
 from digestd.errors import DigestdError, FeedError, PermanentDeliveryError, TemporaryDeliveryError
 from digestd.inbound.addresses import Addresses
-from digestd.matcher import Corpus, Match, Profile, rank, select
+from digestd.matcher import Corpus, Match, Profile, match
 from digestd.models import DeliveryStatus, Status, Subscriber
 from digestd.paper import Paper
 from digestd.render import DigestInput, mime
@@ -303,7 +303,7 @@ class _Run:
     ) -> list[Match]:
         fresh = [p for p, seen in self.papers if seen > since and p.id not in sent]
         profile = profile_of(sub, prefs, votes)
-        return select(rank(fresh, profile, corpus=self.corpus), profile)
+        return match(fresh, profile, corpus=self.corpus)
 
     def matches_for(self, sub: Subscriber, prefs: dict[str, list[str]]) -> list[Match]:
         """One subscriber's matches now, read from the store (previews)."""
@@ -826,7 +826,7 @@ def preview_profile(
     papers = [p for p, _ in store.papers_seen_since(now - _preview_window(services))]
     prefs = store.preferences([sub.id])[sub.id]
     profile = profile_of(sub, prefs, feedback.voted_papers(store, sub.id))
-    return select(rank(papers, profile), profile), len(papers)
+    return match(papers, profile), len(papers)
 
 
 def _preview_window(services: Services) -> timedelta:
@@ -838,4 +838,4 @@ def rank_papers(
     papers: Sequence[Paper], profile: Profile, *, corpus: Corpus | None = None
 ) -> list[Match]:
     """What ``digestd rank`` prints: the matcher's selection for ``profile``."""
-    return select(rank(papers, profile, corpus=corpus), profile)
+    return match(papers, profile, corpus=corpus)

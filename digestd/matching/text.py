@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -79,44 +80,56 @@ class Field:
 
     Every word has a position; stop words are not indexed, but a phrase may name one
     (an empty set of stems in a form: "learning with rewards" ~ "learning from rewards").
+    Kept compact: a send holds a month of papers' fields in each process.
     """
 
-    __slots__ = ("_ends", "index", "length", "offsets", "stops", "text")
+    __slots__ = ("_joined", "_spans", "_stems", "index", "length", "stops", "text")
 
     def __init__(self, segments: Iterable[str]) -> None:
         parts: list[str] = []
-        self.offsets: list[tuple[int, int]] = []  # per position: its character span in text
+        #: per position, where it sits in text: start and end character offsets, flat
+        self._spans = array("i")
+        #: per position, its content stem (None for a stop word or the gap between segments)
+        self._stems: list[str | None] = []
         self.index: dict[str, list[int]] = {}
         self.stops: set[int] = set()
-        self._ends: dict[tuple[str, int], int] = {}
+        #: (stem, start) -> end of the stems spanning two positions ("pretrain" for "pre-train")
+        self._joined: dict[tuple[str, int], int] = {}
         pos = 0
         base = 0
         for segment in segments:
             previous: Token | None = None
             for tok in tokens(segment):
-                self.offsets.append((base + tok.start, base + tok.end))
+                self._spans.extend((base + tok.start, base + tok.end))
                 if tok.stem in STOP or not tok.stem:
+                    self._stems.append(None)
                     self.stops.add(pos)
                     previous = None
                     pos += 1
                     continue
-                self._add(tok.stem, pos, pos + 1)
+                self._stems.append(tok.stem)
+                self.index.setdefault(tok.stem, []).append(pos)
                 # "pre-training" is also "pretraining", "multi-agent" also "multiagent"
                 if previous is not None and segment[previous.end : tok.start] == "-":
                     joined = stem(fold(segment[previous.start : tok.end].replace("-", "")))
-                    self._add(joined, pos - 1, pos + 1)
+                    self.index.setdefault(joined, []).append(pos - 1)
+                    self._joined[(joined, pos - 1)] = pos + 1
                 previous = tok
                 pos += 1
             parts.append(segment)
             base += len(segment) + 3
             pos += 2  # a gap: no phrase runs from one keyword (or segment) into the next
-            self.offsets += [(base - 3, base - 3)] * 2
+            self._spans.extend((base - 3, base - 3) * 2)
+            self._stems += (None, None)
         self.text = " | ".join(parts)
         self.length = pos
 
-    def _add(self, stem_: str, start: int, end: int) -> None:
-        self.index.setdefault(stem_, []).append(start)
-        self._ends[(stem_, start)] = end
+    def _end(self, stem_: str, at: int) -> int | None:
+        """Where ``stem_`` starting at position ``at`` ends, if it starts there."""
+        end = self._joined.get((stem_, at))
+        if end is not None:
+            return end
+        return at + 1 if at < self.length and self._stems[at] == stem_ else None
 
     def __contains__(self, stem_: str) -> bool:
         return stem_ in self.index
@@ -131,7 +144,8 @@ class Field:
             return found
         for first in form[0]:
             for start in self.index.get(first, ()):
-                end = self._follow(form, 1, self._ends[(first, start)])
+                at = self._end(first, start)
+                end = self._follow(form, 1, at) if at is not None else None
                 if end is not None:
                     found.append(Span(start, end))
         found.sort(key=lambda s: s.start)
@@ -143,8 +157,9 @@ class Field:
         if not form[i]:  # any stop word
             return self._follow(form, i + 1, at + 1) if at in self.stops else None
         for s in form[i]:
-            if (s, at) in self._ends:
-                end = self._follow(form, i + 1, self._ends[(s, at)])
+            after = self._end(s, at)
+            if after is not None:
+                end = self._follow(form, i + 1, after)
                 if end is not None:
                     return end
         return None
@@ -179,7 +194,7 @@ class Field:
 
     def quote(self, span: Span, limit: int = 60) -> str:
         """The field's own words for a span of content positions."""
-        start = self.offsets[span.start][0]
-        end = self.offsets[span.end - 1][1]
+        start = self._spans[2 * span.start]
+        end = self._spans[2 * (span.end - 1) + 1]
         words = " ".join(self.text[start:end].split())
         return words if len(words) <= limit else words[:limit].rsplit(" ", 1)[0] + "…"

@@ -25,7 +25,11 @@ def test_round_trip_and_purpose() -> None:
 @pytest.mark.parametrize(
     "parts",
     [("feedback", 123, 5, "2401.12345 more"), ("manage", 1, 0, ""),
-     ("unsubscribe", 2**31 - 1, 2**31 - 1, "é" * 80), ("confirm", 9, 1, "x" * 300)],
+     ("unsubscribe", 2**31 - 1, 2**31 - 1, "é" * 80), ("confirm", 9, 1, "x" * 300),
+     # written without json.dumps when json would write them as they are: the others go
+     # through it (quotes, backslashes, control characters, non-ASCII)
+     ("feedback", 8, 0, "hf:2501.12345:-1"), ("feedback", 8, 0, 'a"b\\c'),
+     ("feedback", 8, 0, "tab\there"), ("feedback", 8, 0, "line\n")],
 )  # fmt: skip
 def test_tokens_are_exactly_itsdangerous_tokens(parts: tuple[str, int, int, str]) -> None:
     # make() assembles the token itself (fast); links made before, and any itsdangerous

@@ -169,15 +169,18 @@ def _coverage(f: Field, topic: Topic, counted: bool) -> tuple[float, list[Span]]
     return (got / total if total else 0.0), seen
 
 
-def _phrase_readings(doc: Doc, topic: Topic) -> tuple[float, ...]:
-    return features(doc, topic)[0]
-
-
-def features(doc: Doc, topic: Topic) -> tuple[tuple[float, ...], str]:
-    """The readings of ``doc`` for ``topic`` (see FEATURES) and the best wording found."""
+def _phrase_readings(doc: Doc, topic: Topic) -> list[float]:
+    """The phrase readings of `features` alone (no coverage, no wording): what `context`
+    needs of every stored paper holding a topic's words."""
     x = [0.0] * len(FEATURES)
-    best = _Best()
-    quote = _quoted(topic.text)
+    _read_phrases(doc, topic, x, None)
+    return x
+
+
+def _read_phrases(doc: Doc, topic: Topic, x: list[float], best: _Best | None) -> None:
+    """Fill the phrase readings (x[0:7]) and, given ``best``, offer it the wordings found;
+    a wording is only written out when it would beat what ``best`` has."""
+    quote = _quoted(topic.text) if best is not None else ""
     for form, swapped in topic.forms:
         if _conflicts(doc, topic, swapped):
             continue
@@ -185,35 +188,50 @@ def features(doc: Doc, topic: Topic) -> tuple[tuple[float, ...], str]:
         spans = doc.title.phrases(form)
         if spans:
             x[0] = 1.0
-            best.offer(0, f"title matches {quote}" + _as(doc.title.quote(spans[0]), topic))
+            if best is not None and best.rank > 0:
+                best.offer(0, f"title matches {quote}" + _as(doc.title.quote(spans[0]), topic))
         elif (span := doc.title.window(form)) is not None:
             x[1] = 1.0
-            best.offer(3, f"title has the words of {quote}")
+            if best is not None:
+                best.offer(3, f"title has the words of {quote}")
         spans = doc.abstract.phrases(form)
         if spans:
             x[2] = max(x[2], min(len(spans), _MENTIONS) / _MENTIONS)
-            times = f" ({len(spans)} times)" if len(spans) > 1 else ""
-            wording = _as(doc.abstract.quote(spans[0]), topic)
-            best.offer(1, f"abstract mentions {quote}{times}{wording}")
+            if best is not None and best.rank > 1:
+                times = f" ({len(spans)} times)" if len(spans) > 1 else ""
+                wording = _as(doc.abstract.quote(spans[0]), topic)
+                best.offer(1, f"abstract mentions {quote}{times}{wording}")
         elif (span := doc.abstract.window(form)) is not None:
             if span.end - span.start <= window:
                 x[3] = 1.0
-                best.offer(4, f"abstract has the words of {quote} close together")
+                if best is not None:
+                    best.offer(4, f"abstract has the words of {quote} close together")
             else:
                 x[4] = 1.0
-                best.offer(5, f"abstract has the words of {quote}")
+                if best is not None:
+                    best.offer(5, f"abstract has the words of {quote}")
         spans = doc.extra.phrases(form)
         if spans:
             x[5] = 1.0
-            best.offer(2, f"keywords mention {quote}" + _as(doc.extra.quote(spans[0]), topic))
+            if best is not None and best.rank > 2:
+                best.offer(2, f"keywords mention {quote}" + _as(doc.extra.quote(spans[0]), topic))
         elif doc.extra.window(form) is not None:
             x[6] = 1.0
-            best.offer(6, f"keywords have the words of {quote}")
+            if best is not None:
+                best.offer(6, f"keywords have the words of {quote}")
+
+
+def features(doc: Doc, topic: Topic) -> tuple[tuple[float, ...], str]:
+    """The readings of ``doc`` for ``topic`` (see FEATURES) and the best wording found."""
+    x = [0.0] * len(FEATURES)
+    best = _Best()
+    quote = _quoted(topic.text)
+    _read_phrases(doc, topic, x, best)
     shown: list[str] = []
     for i, (f, counted) in enumerate(((doc.title, False), (doc.abstract, True),
                                       (doc.extra, False))):  # fmt: skip
         x[7 + i], seen = _coverage(f, topic, counted)
-        if f is not doc.extra:
+        if best.rank == 99 and f is not doc.extra:  # the words are the wording of last resort
             for span in seen:
                 word = f.quote(span)
                 if word.casefold() not in (w.casefold() for w in shown):

@@ -39,9 +39,9 @@ class Preferences:
     categories: frozenset[str]
     corpus: Corpus
     #: per topic, the corpus's papers holding a word of it (`holders`): only they can score
-    holding: tuple[frozenset[str], ...] = ()
+    holding: tuple[frozenset[str], ...]
     #: the corpus's papers with an author of a followed last name
-    authored: frozenset[str] = frozenset()
+    authored: frozenset[str]
 
     @classmethod
     def compile(

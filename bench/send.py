@@ -105,13 +105,20 @@ def run_workers(
     logs = [work / f"worker-{i}.log" for i in range(instances)]
     procs: list[subprocess.Popen[str]] = []
     ok = False
+    worker = [sys.executable, "-m", "bench.sendkit.worker"]
+    for sample, log in zip(samples, logs, strict=True):
+        with log.open("w") as err:
+            subprocess.run(
+                [*worker, "--sample", str(config), now.isoformat(), str(sample)],
+                cwd=ROOT, stderr=err, check=True,
+            )  # fmt: skip
     try:
-        for sample, log in zip(samples, logs, strict=True):
-            args = [str(config), period.isoformat(), now.isoformat(), str(sample)]
-            with log.open("w") as err:  # the child keeps its own copy of the descriptor
+        for log in logs:
+            args = [str(config), period.isoformat(), now.isoformat()]
+            with log.open("a") as err:  # the child keeps its own copy of the descriptor
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "bench.sendkit.worker", *args],
+                        [*worker, *args],
                         cwd=ROOT,
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,

@@ -1,15 +1,20 @@
 """One send instance of the benchmark: a process that runs digestd's send path for one period.
 
-    python -m bench.sendkit.worker CONFIG PERIOD NOW SAMPLE_FILE
+    python -m bench.sendkit.worker --sample CONFIG NOW SAMPLE_FILE
+    python -m bench.sendkit.worker CONFIG PERIOD NOW
 
 Builds ``Services`` from CONFIG as ``digestd send`` does, prints one JSON line when ready,
 waits for a line on stdin (so that several instances start sending together), runs
 ``pipeline.send_period(services, PERIOD, now=NOW)`` and prints one JSON line with the
 summary, the wall and CPU seconds of the send (with those of the send processes it split the
 send over, if it did: see digestd.workers), the stage times the summary carries and the peak
-RSS of the process and of its largest send process. Before it says ready, the digests of SAMPLE
-random subscribers, rendered as the send is about to, go to SAMPLE_FILE, for the bench's raw
-blast of messages like the ones sent.
+RSS of the process and of its largest send process.
+
+With ``--sample``, it writes instead the digests of SAMPLE random subscribers, rendered as
+the send is about to, to SAMPLE_FILE, for the bench's raw blast of messages like the ones
+sent. The bench runs that as a process of its own before the send instances start: as a
+child of an instance, its peak RSS would be taken for a send process's (a process's
+RUSAGE_CHILDREN peak covers every child it waited for).
 """
 
 from __future__ import annotations
@@ -19,12 +24,10 @@ import base64
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import resource
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -124,13 +127,15 @@ async def run(config_path: Path, period: date, now: datetime) -> Sent:
 
 
 def main() -> None:
-    config_path, period, now, sample_file = sys.argv[1:5]
     # What `digestd send` logs by default: warnings only, not a line per digest.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiosmtplib").setLevel(logging.WARNING)
+    if sys.argv[1] == "--sample":
+        config_path, now, sample_file = sys.argv[2:5]
+        sample_digests(Path(config_path), datetime.fromisoformat(now), SAMPLE, Path(sample_file))
+        return
+    config_path, period, now = sys.argv[1:4]
     when = datetime.fromisoformat(now)
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(sample_digests, Path(config_path), when, SAMPLE, Path(sample_file)).result()
     sent = asyncio.run(run(Path(config_path), date.fromisoformat(period), when))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     summary = sent.summary

@@ -108,10 +108,13 @@ def run_workers(
     worker = [sys.executable, "-m", "bench.sendkit.worker"]
     for sample, log in zip(samples, logs, strict=True):
         with log.open("w") as err:
-            subprocess.run(
+            done = subprocess.run(
                 [*worker, "--sample", str(config), now.isoformat(), str(sample)],
-                cwd=ROOT, stderr=err, check=True,
+                cwd=ROOT, stderr=err, check=False,
             )  # fmt: skip
+        if done.returncode:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"rendering the blast's sample failed ({done.returncode}):\n{tail}")
     try:
         for log in logs:
             args = [str(config), period.isoformat(), now.isoformat()]

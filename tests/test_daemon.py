@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,10 @@ def daemon_factory(
 def subscribe(config: Path, email: str, topic: str = "world models") -> None:
     store = Store.open(config_mod.load(config).database_url)
     try:
-        data = make_input(email, topics=[topic], send_time="00:00", timezone="UTC")
+        # Due a minute ago: a fixed 00:00 made the digest older than [delivery] max_age_hours
+        # (20) from 20:00 UTC on, and it expired instead of going out.
+        due = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%H:%M")
+        data = make_input(email, topics=[topic], send_time=due, timezone="UTC")
         store.add_subscriber(data, status=Status.ACTIVE)
     finally:
         store.close()

@@ -137,6 +137,15 @@ class Field:
     def count(self, stems: Iterable[str]) -> int:
         return sum(len(self.index.get(s, ())) for s in stems)
 
+    def holds(self, form: Sequence[frozenset[str]]) -> bool:
+        """Whether every word of ``form`` is here somewhere (one of its stems): what a phrase
+        or a window of it needs, and what most forms a paper is read for miss."""
+        index = self.index
+        for alternatives in form:
+            if alternatives and not any(s in index for s in alternatives):
+                return False
+        return True
+
     def phrases(self, form: Sequence[frozenset[str]]) -> list[Span]:
         """Where the words of ``form`` stand one after the other (each word any of its stems)."""
         found: list[Span] = []
@@ -166,14 +175,10 @@ class Field:
 
     def window(self, form: Sequence[frozenset[str]]) -> Span | None:
         """The shortest stretch holding every word of ``form`` in any order, if any."""
-        lists = []
-        for alternatives in form:
-            if not alternatives:
-                continue
-            ps = sorted(p for s in alternatives for p in self.index.get(s, ()))
-            if not ps:
-                return None
-            lists.append(ps)
+        if not self.holds(form):
+            return None
+        index = self.index
+        lists = [sorted(p for s in a for p in index.get(s, ())) for a in form if a]
         events = sorted((p, i) for i, ps in enumerate(lists) for p in ps)
         need = len(lists)
         have: dict[int, int] = {}

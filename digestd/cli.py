@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from digestd import __version__, pipeline
+from digestd import __version__, pipeline, workers
 from digestd import config as config_mod
 from digestd.errors import DigestdError, InvalidInput
 from digestd.matcher import DEFAULT_MAX_PAPERS, DEFAULT_MIN_SCORE, Profile
@@ -348,6 +348,9 @@ def preview(ctx: Context, email: str, output: Path | None) -> None:
 
 async def _send(services: Services, period: date, fetch_first: bool) -> pipeline.SendSummary:
     now = datetime.now(UTC)
+    if services.store.subscriber_counts().get(Status.ACTIVE.value, 0) > workers.SPLIT_ABOVE:
+        # split over processes (`workers`): their forkserver imports while this one fetches
+        workers.warm(services.config)
     if fetch_first and not services.store.papers_seen_since(now - timedelta(hours=20)):
         result = await pipeline.fetch(services, period, now=now)
         click.echo(f"fetched {result.seen} papers, {result.new} new")

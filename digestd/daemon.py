@@ -14,7 +14,7 @@ from pathlib import Path
 import uvicorn
 
 from digestd import config as config_mod
-from digestd import pipeline, sdnotify
+from digestd import pipeline, sdnotify, workers
 from digestd.config import Config
 from digestd.errors import ConfigError, DigestdError, FeedError
 from digestd.health import DaemonState, router
@@ -146,6 +146,8 @@ class Daemon:
             server.should_exit = True
             await serving
             raise
+        # the send processes' forkserver imports now, not when the first big send is due
+        workers.warm(self.config)
         self.scheduler.start(self.config.schedule)
         self.state.scheduler_running = True
         log.info(
@@ -219,6 +221,7 @@ class Daemon:
             if self.scheduler.running:
                 self.scheduler.reschedule(new.schedule)
         await old.aclose(close_store=False)
+        workers.warm(new)  # [delivery] processes may have gone from 1 to more
         log.info("configuration and templates reloaded")
         sdnotify.notify("READY=1")
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import logging
 import os
+import pickle
 import random
 import re
 import socket
@@ -20,6 +22,7 @@ from email.utils import formataddr, parseaddr
 from typing import ClassVar
 
 from digestd import feedback, ledger, workers
+from digestd.config import Config
 from digestd.errors import DigestdError, FeedError, PermanentDeliveryError, TemporaryDeliveryError
 from digestd.inbound.addresses import Addresses
 from digestd.matcher import Corpus, Match, Profile, match
@@ -65,6 +68,8 @@ class SendSummary:
     skipped: int = 0
     #: seconds per stage of the send (see Stages), filled in at the end of a run
     stages: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds and peak RSS (KiB) of each process a split send ran in (`workers`)
+    processes: tuple[tuple[float, int], ...] = ()
 
     def __str__(self) -> str:
         text = (
@@ -79,7 +84,7 @@ class SendSummary:
 
     def add(self, other: SendSummary) -> None:
         for name in self.__dataclass_fields__:
-            if name != "stages":
+            if name not in ("stages", "processes"):
                 setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def count(self, outcome: ledger.Outcome) -> None:
@@ -242,7 +247,9 @@ class _Run:
         url = services.config.database_url
         known = cls._corpora.get(url)
         if known is not None and known[0] == key and _same(known[1], papers):
-            return papers, known[1]
+            corpus = known[1]
+            # the corpus's own paper objects: the matcher tells its papers by identity first
+            return [(corpus.docs[p.id].paper, seen) for p, seen in papers], corpus
         corpus = Corpus.of(p for p, _ in papers)
         cls._corpora[url] = (key, corpus)
         return papers, corpus
@@ -314,6 +321,28 @@ class _Run:
         sent = store.sent_paper_ids(sub.id, fresh)
         votes = feedback.voted_papers(store, sub.id)
         return self.matches(sub, prefs, since, sent, votes)
+
+
+def handed_corpus(services: Services, now: datetime) -> bytes:
+    """The corpus of the window at ``now``, pickled for the send processes of a split send
+    (`workers`): built here once (or kept from the last run), not once per process. Without
+    what it has worked out: that is per subscriber, and the processes have others."""
+    _Run.load(services, now)
+    key, corpus = _Run._corpora[services.config.database_url]
+    bare = dataclasses.replace(corpus, memo={})
+    return pickle.dumps((key, bare), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def adopt_corpus(config: Config, handed: bytes) -> Corpus:
+    """Take the corpus `handed_corpus` pickled in the process that split the send as this
+    process's last built one: its run uses it if the window still holds exactly those papers,
+    and builds its own if not."""
+    # From the parent, as multiprocessing's own pickled arguments are; pickled there in a
+    # thread, so that the daemon's event loop does not wait for it.
+    key, corpus = pickle.loads(handed)  # noqa: S301
+    assert isinstance(corpus, Corpus)
+    _Run._corpora[config.database_url] = (key, corpus)
+    return corpus
 
 
 def _same(corpus: Corpus, papers: Sequence[tuple[Paper, datetime]]) -> bool:

@@ -10,6 +10,14 @@ split the send only waits for them; in the daemon, its event loop keeps serving 
 
 The processes share the relay's limits: each gets its part of ``[smtp] pool_size`` and
 ``rate_limit``; a rate limit one process can keep up with is not split at all.
+
+Starting them is cheap, as it has to be for a send of a few thousand digests to gain from the
+split. They are forked from a *forkserver*: a process that has imported the send path and
+done nothing else (no event loop, threads or sockets to inherit), started by `warm` when the
+daemon starts or ``digestd send`` begins; spawning each from scratch cost it about a second of
+imports. And they are handed the corpus (the window's papers analysed, about a second of CPU
+for a month of papers), which the splitting process builds once, or has kept since the last
+tick, instead of each building its own.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ import logging
 import math
 import multiprocessing
 import os
+import resource
 import signal
 from dataclasses import dataclass
 from datetime import date, datetime
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
@@ -36,8 +46,9 @@ if TYPE_CHECKING:
     from digestd.pipeline import SendSummary
     from digestd.services import Services
 
-#: what a send process hands back: its summary and what it counted for /metrics
-Report = tuple["SendSummary", SendTally]
+#: what a send process hands back: its summary, what it counted for /metrics, and its
+#: CPU seconds and peak RSS (KiB)
+Report = tuple["SendSummary", SendTally, tuple[float, int]]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,8 @@ SPLIT_ABOVE = 2000
 #: digests a second one process keeps up with for sure: a lower rate limit is not split
 PROCESS_RATE = 200.0
 _LOG_FORMAT = "%(levelname)s %(name)s[%(processName)s]: %(message)s"
+#: what a send process runs, imported once by the forkserver rather than by every process
+PRELOAD = ["digestd.workers", "digestd.pipeline", "digestd.services"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +87,29 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _context() -> ForkServerContext | SpawnContext:
+    """Forked from the forkserver where there is one (Linux, macOS), else spawned: either way
+    nothing is inherited from the daemon (event loop, sockets, locks). Only pipes between
+    them and the forkserver's AF_UNIX socket, no shared memory or semaphores, which a
+    hardened unit may not provide."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def warm(config: Config) -> None:
+    """Start the forkserver now, if sends are split at all, so that its imports are done
+    before the first big send. Returns at once: the server imports in its own process."""
+    if processes(config) > 1:
+        context = _context()
+        if context.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+
+
 def share_config(config: Config, n: int) -> Config:
     """``config`` for one of ``n`` send processes: its part of the connections and the rate."""
     smtp = dataclasses.replace(
@@ -92,12 +128,11 @@ async def split(services: Services, job: Job, n: int, stop: asyncio.Event) -> Se
     that dies leaves its share to the next send (the ledger's leases bring back what it
     had claimed); the summary then counts only what the others did.
     """
-    from digestd.pipeline import SendSummary
+    from digestd.pipeline import SendSummary, handed_corpus
 
-    # Spawned: nothing inherited (event loop, sockets, locks). Only pipes between them, no
-    # shared memory or semaphores, which a hardened unit may not provide.
-    context = multiprocessing.get_context("spawn")
+    context = _context()
     child_config = share_config(services.config, n)
+    corpus = await asyncio.to_thread(handed_corpus, services, job.now)
     level = logging.getLogger().getEffectiveLevel()
     started: list[tuple[BaseProcess, Connection, Connection]] = []
     try:
@@ -106,7 +141,7 @@ async def split(services: Services, job: Job, n: int, stop: asyncio.Event) -> Se
             listen, halt = context.Pipe(duplex=False)
             process: BaseProcess = context.Process(
                 target=_main,
-                args=(child_config, job, Share(number, n), listen, result, level),
+                args=(child_config, job, Share(number, n), corpus, listen, result, level),
                 name=f"send-{number + 1}of{n}",
                 daemon=True,  # never outlives the daemon
             )
@@ -127,6 +162,7 @@ async def split(services: Services, job: Job, n: int, stop: asyncio.Event) -> Se
             halt.close()
     total = SendSummary()
     stages: dict[str, float] = {}
+    usage: list[tuple[float, int]] = []
     for (ended, _, _), report in zip(started, results, strict=True):
         if report is None:
             log.error(
@@ -135,12 +171,19 @@ async def split(services: Services, job: Job, n: int, stop: asyncio.Event) -> Se
                 ended.name, ended.exitcode,
             )  # fmt: skip
             continue
-        summary, tally = report
+        summary, tally, used = report
         services.metrics.add(tally)
         total.add(summary)
+        usage.append(used)
         for name, seconds in summary.stages.items():
             stages[name] = stages.get(name, 0.0) + seconds
     total.stages = stages
+    total.processes = tuple(usage)
+    if usage:
+        log.info(
+            "send processes: %.1f s of CPU, peak RSS %d MiB (largest)",
+            sum(cpu for cpu, _ in usage), max(kib for _, kib in usage) // 1024,
+        )  # fmt: skip
     return total
 
 
@@ -178,17 +221,29 @@ def _result(process: BaseProcess, receive: Connection) -> Report | None:
 
 
 def _main(
-    config: Config, job: Job, share: Share, halt: Connection, result: Connection, level: int
+    config: Config,
+    job: Job,
+    share: Share,
+    corpus: bytes,
+    halt: Connection,
+    result: Connection,
+    level: int,
 ) -> None:
-    """A send process: one share of the job; stops early on a word (or EOF: the parent is
-    gone) from ``halt``; its summary goes back through ``result``."""
+    """A send process: one share of the job, with the corpus the parent pickled (`corpus`);
+    stops early on a word (or EOF: the parent is gone) from ``halt``; its summary goes back
+    through ``result``."""
     # Ctrl-C reaches the whole process group: the parent decides (through ``halt``).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     logging.basicConfig(level=level, format=stamp + _LOG_FORMAT)
     for noisy in ("alembic", "aiosmtplib", "httpx"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    report = asyncio.run(_send(config, job, share, halt))
+    from digestd.pipeline import adopt_corpus
+
+    adopt_corpus(config, corpus)
+    summary, tally = asyncio.run(_send(config, job, share, halt))
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    report: Report = (summary, tally, (used.ru_utime + used.ru_stime, used.ru_maxrss))
     try:
         result.send(report)
     except BrokenPipeError:  # the parent died: the ledger has what this process did
@@ -197,7 +252,9 @@ def _main(
         result.close()
 
 
-async def _send(config: Config, job: Job, share: Share, halt: Connection) -> Report:
+async def _send(
+    config: Config, job: Job, share: Share, halt: Connection
+) -> tuple[SendSummary, SendTally]:
     from digestd import pipeline
     from digestd.services import Services
 

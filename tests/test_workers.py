@@ -57,10 +57,26 @@ def _check_once_each(services: Services, smtp_server: SmtpServer) -> list[Delive
 async def test_a_big_send_is_split_over_processes_and_sends_each_digest_once(
     services: Services, smtp_server: SmtpServer
 ) -> None:
+    # What each reader would be sent, worked out here, with a corpus built in this process.
+    expected = {}
+    for i in range(N):
+        email = f"reader{i}@example.org"
+        expected[email] = {m.paper.id for m in pipeline.preview(services, email, now=NOW1)[0]}
+
     summary = await pipeline.send_period(services, DAY1, now=NOW1, split_above=20)
 
     rows = _check_once_each(services, smtp_server)
     assert len(rows) == N and summary.sent + summary.empty == N
+    # The send processes, with the corpus this process handed them, picked the same papers.
+    assert sum(map(bool, expected.values())) == summary.sent
+    stored = {p.id for p, _ in services.store.papers_seen_since(NOW1 - timedelta(days=60))}
+    for email, ids in expected.items():
+        sub = services.store.subscriber(email)
+        assert sub.id is not None
+        assert services.store.sent_paper_ids(sub.id, stored) == ids
+    # Each process reported what it cost.
+    assert len(summary.processes) == 2
+    assert all(cpu > 0 and rss_kib > 10_000 for cpu, rss_kib in summary.processes)
     assert summary.sent == len(smtp_server.handler.messages) > N / 2
     # Two processes shared the work, and the one that split it sent none itself.
     owners = {r.owner.rsplit(":", 1)[1] for r in rows if r.status == DeliveryStatus.SENT}
@@ -115,6 +131,27 @@ async def test_a_stopped_split_send_is_finished_by_the_next_with_no_digest_twice
     assert len(rows) == N
     assert first.sent + second.sent == len(smtp_server.handler.messages)
     assert all(r.status in (DeliveryStatus.SENT, DeliveryStatus.EMPTY) for r in rows)
+
+
+def test_the_corpus_handed_to_send_processes_is_theirs_while_the_papers_stay_the_same(
+    services: Services,
+) -> None:
+    handed = pipeline.handed_corpus(services, NOW1)
+    corpus = pipeline.adopt_corpus(services.config, handed)  # as a send process does
+    assert corpus.size > 0 and not corpus.memo  # the papers analysed; nothing per subscriber
+
+    papers, used = pipeline._Run.load(services, NOW1)
+    assert used is corpus  # not analysed again
+    assert all(p is corpus.docs[p.id].paper for p, _ in papers)
+
+    # A paper stored since: the handed corpus is out of date, and the run builds its own.
+    pipeline.adopt_corpus(services.config, handed)
+    later = NOW1 + timedelta(hours=1)
+    newer = dataclasses.replace(papers[0][0], id="2408.99999", title="A paper stored later")
+    services.store.add_papers([newer], seen_at=later)
+    papers, rebuilt = pipeline._Run.load(services, later)
+    assert rebuilt is not corpus and "2408.99999" in rebuilt.docs
+    assert len(papers) == corpus.size + 1
 
 
 def test_processes_follow_the_config_and_the_rate_limit(

@@ -77,6 +77,9 @@ def send_figures(workers: list[dict[str, Any]], wall: float) -> dict[str, Any]:
                 "counts": w["counts"],
                 "peak_rss_mib": w["peak_rss_kib"] / MIB,
                 "send_process_peak_rss_mib": w.get("children_peak_rss_kib", 0) / MIB,
+                "forkserver_peak_rss_mib": w.get("forkserver_peak_rss_kib", 0) / MIB,
+                "tree_peak_pss_mib": w.get("tree_peak_pss_kib", 0) / MIB,
+                "tree_peak_rss_mib": w.get("tree_peak_rss_kib", 0) / MIB,
                 "rss_before_mib": w["rss_before_kib"] / MIB,
             }
             for w in workers
@@ -149,6 +152,22 @@ def report(r: dict[str, Any]) -> str:
             line += (
                 f"; split over {r['processes']} send processes, each at most "
                 f"{w['send_process_peak_rss_mib']:.0f} MiB"
+            )
+            if w.get("forkserver_peak_rss_mib"):
+                every = (
+                    w["peak_rss_mib"]
+                    + w["forkserver_peak_rss_mib"]
+                    + r["processes"] * w["send_process_peak_rss_mib"]
+                )
+                line += (
+                    f", forked from a forkserver of {w['forkserver_peak_rss_mib']:.0f} MiB "
+                    f"(peaks summed: {every:.0f} MiB, pages they share counted in each)"
+                )
+        if w.get("tree_peak_pss_mib"):
+            line += (
+                f"\n            all its processes together, sampled every 0.5 s: peak "
+                f"{w['tree_peak_pss_mib']:.0f} MiB PSS (shared pages split between them), "
+                f"{w['tree_peak_rss_mib']:.0f} MiB RSS"
             )
         lines.append(line)
     if server["messages"]:

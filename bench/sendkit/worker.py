@@ -3,12 +3,14 @@
     python -m bench.sendkit.worker --sample CONFIG NOW SAMPLE_FILE
     python -m bench.sendkit.worker CONFIG PERIOD NOW
 
-Builds ``Services`` from CONFIG as ``digestd send`` does, prints one JSON line when ready,
+Builds ``Services`` from CONFIG as ``digestd send`` does (and, if the send will be split, has
+the send processes' forkserver import, as the daemon does when it starts), prints one JSON
+line when ready,
 waits for a line on stdin (so that several instances start sending together), runs
 ``pipeline.send_period(services, PERIOD, now=NOW)`` and prints one JSON line with the
 summary, the wall and CPU seconds of the send (with those of the send processes it split the
 send over, if it did: see digestd.workers), the stage times the summary carries and the peak
-RSS of the process and of its largest send process.
+RSS of the process, of its largest send process (as each reported it) and of the forkserver.
 
 With ``--sample``, it writes instead the digests of SAMPLE random subscribers, rendered as
 the send is about to, to SAMPLE_FILE, for the bench's raw blast of messages like the ones
@@ -24,9 +26,11 @@ import base64
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import resource
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -37,7 +41,7 @@ import sqlalchemy as sa
 from aiosmtplib.email import flatten_message
 
 from digestd import config as config_mod
-from digestd import pipeline
+from digestd import pipeline, workers
 from digestd.models import Status, Subscriber
 from digestd.services import Services
 
@@ -102,28 +106,116 @@ class Sent:
     cpu: float
     #: the largest peak RSS of those send processes, KiB (0: the send was not split)
     children_peak_rss_kib: int
+    #: the peak RSS of the forkserver they were forked from, KiB (0: none)
+    forkserver_peak_rss_kib: int
+    #: sampled peaks of this process and its descendants together (TreeMemory), KiB
+    tree_peak_pss_kib: int
+    tree_peak_rss_kib: int
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def _forkserver_up(config: config_mod.Config) -> None:
+    """Start the send processes' forkserver and wait until it has imported what they run, as
+    a daemon's has long before its first big send (and ``digestd send``'s, while it fetches
+    and counts): one trivial process forked from it returns only then."""
+    if workers.processes(config) > 1 and "forkserver" in multiprocessing.get_all_start_methods():
+        workers.warm(config)
+        probe = multiprocessing.get_context("forkserver").Process(target=os.getpid)
+        probe.start()
+        probe.join()
+
+
+class TreeMemory:
+    """The memory of this process and all its descendants (forkserver, send processes),
+    sampled every ``every`` seconds in a thread: the peak of their summed PSS (a page that n
+    of them share counts 1/n in each) and of their summed RSS (counted in each)."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.every = every
+        self.peak_pss_kib = self.peak_rss_kib = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tree-memory", daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            pss = rss = 0
+            for pid in _tree(os.getpid()):
+                try:
+                    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+                except OSError:  # it ended meanwhile
+                    continue
+                for line in text.splitlines():
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+                    elif line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+            self.peak_pss_kib = max(self.peak_pss_kib, pss)
+            self.peak_rss_kib = max(self.peak_rss_kib, rss)
+            if self._done.wait(self.every):
+                return
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and every process descending from it."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def _forkserver_peak_kib() -> int:
+    """The peak RSS of this process's forkserver child (0: it has none)."""
+    me = str(os.getpid())
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except OSError:  # it ended meanwhile
+            continue
+        if fields.get("PPid", "").strip() == me and b"forkserver" in cmdline:
+            return int(fields["VmHWM"].split()[0])
+    return 0
 
 
 async def run(config_path: Path, period: date, now: datetime) -> Sent:
     """Build the services, say ready, wait for the go, and send, timing the send alone."""
     config = config_mod.load(config_path)
     services = Services.build(config)
+    _forkserver_up(config)
     _say(ready=True, pid=os.getpid(), rss_kib=rss_kib())
     await asyncio.to_thread(sys.stdin.readline)
-    cpu, children, start = time.process_time(), _children_cpu(), time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     try:
-        summary = await pipeline.send_period(services, period, now=now)
+        with TreeMemory() as memory:
+            summary = await pipeline.send_period(services, period, now=now)
     finally:
         await services.aclose()
     wall = time.perf_counter() - start
-    cpu = time.process_time() - cpu + _children_cpu() - children
-    children_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return Sent(summary, wall, cpu, children_rss)
+    # the send processes' own account (they are the forkserver's children, not this one's)
+    cpu = time.process_time() - cpu + sum(seconds for seconds, _ in summary.processes)
+    children_rss = max((kib for _, kib in summary.processes), default=0)
+    return Sent(
+        summary, wall, cpu, children_rss, _forkserver_peak_kib(),
+        memory.peak_pss_kib, memory.peak_rss_kib,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -153,6 +245,9 @@ def main() -> None:
         stages=stages,
         peak_rss_kib=peak,
         children_peak_rss_kib=sent.children_peak_rss_kib,
+        forkserver_peak_rss_kib=sent.forkserver_peak_rss_kib,
+        tree_peak_pss_kib=sent.tree_peak_pss_kib,
+        tree_peak_rss_kib=sent.tree_peak_rss_kib,
     )
 
 

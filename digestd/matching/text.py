@@ -15,6 +15,7 @@ import unicodedata
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import snowballstemmer
 
@@ -32,6 +33,8 @@ STOP = frozenset(str(_STEMMER.stemWord(w)) for w in _STOPWORDS.split())
 
 def fold(text: str) -> str:
     """Accents off and case folded: 'Björn' and 'bjorn' read the same."""
+    if text.isascii():  # most words: no accents, and ASCII folds as it lowers
+        return text.lower()
     plain = unicodedata.normalize("NFKD", text)
     return "".join(c for c in plain if not unicodedata.combining(c)).casefold()
 
@@ -42,8 +45,7 @@ def stem(word: str) -> str:
     return str(_STEMMER.stemWord(word))
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
+class Token(NamedTuple):  # a tuple: a month of papers makes a few hundred thousand
     stem: str
     start: int  # character offsets in the field's text
     end: int
@@ -55,13 +57,21 @@ def tokens(text: str) -> list[Token]:
     """Every word of ``text`` (stop words included), stemmed, with its offsets."""
     out = []
     for m in _WORD.finditer(text):
-        raw = m.group()
-        plural = ACRONYM_PLURAL.match(raw)
-        if plural:
-            raw = plural.group(1)
-        caps = sum(c.isupper() for c in raw) >= 2
-        out.append(Token(stem(fold(raw)), m.start(), m.start() + len(raw), caps))
+        stem_, length, caps = _word(m.group())
+        start = m.start()
+        out.append(Token(stem_, start, start + length, caps))
     return out
+
+
+@functools.lru_cache(maxsize=131072)
+def _word(raw: str) -> tuple[str, int, bool]:
+    """A word's stem, its length without an acronym's plural s, and whether it has two
+    capitals; cached, as `stem` is."""
+    plural = ACRONYM_PLURAL.match(raw)
+    if plural:
+        raw = plural.group(1)
+    caps = not raw.islower() and sum(c.isupper() for c in raw) >= 2
+    return stem(fold(raw)), len(raw), caps
 
 
 def terms(text: str) -> list[str]:

@@ -323,23 +323,38 @@ class _Run:
         return self.matches(sub, prefs, since, sent, votes)
 
 
-def handed_corpus(services: Services, now: datetime) -> bytes:
+def handed_corpus(services: Services, now: datetime) -> list[bytes]:
     """The corpus of the window at ``now``, pickled for the send processes of a split send
     (`workers`): built here once (or kept from the last run), not once per process. Without
-    what it has worked out: that is per subscriber, and the processes have others."""
+    what it has worked out: that is per subscriber, and the processes have others.
+
+    In pieces (its statistics, then the papers 16 at a time): pickling holds the GIL, and in
+    the daemon the web front's event loop waits for it; the whole corpus took 50-100 ms.
+    """
     _Run.load(services, now)
     key, corpus = _Run._corpora[services.config.database_url]
-    bare = dataclasses.replace(corpus, memo={})
-    return pickle.dumps((key, bare), protocol=pickle.HIGHEST_PROTOCOL)
+    docs = list(corpus.docs.values())
+    parts = [_pickled((key, dataclasses.replace(corpus, docs={}, memo={})))]
+    parts += [_pickled(docs[i : i + _HANDED_DOCS]) for i in range(0, len(docs), _HANDED_DOCS)]
+    return parts
 
 
-def adopt_corpus(config: Config, handed: bytes) -> Corpus:
+_HANDED_DOCS = 16
+
+
+def _pickled(value: object) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def adopt_corpus(config: Config, handed: list[bytes]) -> Corpus:
     """Take the corpus `handed_corpus` pickled in the process that split the send as this
     process's last built one: its run uses it if the window still holds exactly those papers,
     and builds its own if not."""
     # From the parent, as multiprocessing's own pickled arguments are; pickled there in a
     # thread, so that the daemon's event loop does not wait for it.
-    key, corpus = pickle.loads(handed)  # noqa: S301
+    key, bare = pickle.loads(handed[0])  # noqa: S301
+    docs = {d.paper.id: d for part in handed[1:] for d in pickle.loads(part)}  # noqa: S301
+    corpus = dataclasses.replace(bare, docs=docs)
     assert isinstance(corpus, Corpus)
     _Run._corpora[config.database_url] = (key, corpus)
     return corpus

@@ -224,7 +224,7 @@ def _main(
     config: Config,
     job: Job,
     share: Share,
-    corpus: bytes,
+    corpus: list[bytes],
     halt: Connection,
     result: Connection,
     level: int,

@@ -137,8 +137,11 @@ def test_the_corpus_handed_to_send_processes_is_theirs_while_the_papers_stay_the
     services: Services,
 ) -> None:
     handed = pipeline.handed_corpus(services, NOW1)
+    built = pipeline._Run.load(services, NOW1)[1]  # what this process built and handed
     corpus = pipeline.adopt_corpus(services.config, handed)  # as a send process does
-    assert corpus.size > 0 and not corpus.memo  # the papers analysed; nothing per subscriber
+    assert corpus is not built and corpus == built  # size, rarity, acronyms, case
+    assert list(corpus.docs) == list(built.docs) and corpus.postings == built.postings
+    assert not corpus.memo  # the papers analysed; nothing worked out per subscriber
 
     papers, used = pipeline._Run.load(services, NOW1)
     assert used is corpus  # not analysed again

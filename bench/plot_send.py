@@ -42,6 +42,12 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
         if blasted:
             rate_ax.plot(*zip(*blasted, strict=True), "x--", color=color, alpha=0.6)
         mem_ax.plot(n, [r["send"]["peak_rss_mib"] for r in runs], "o-", color=color)
+        together = [
+            (r["subscribers"], sum(w.get("tree_peak_pss_mib", 0) for w in r["send"]["workers"]))
+            for r in runs
+        ]
+        if any(mib for _, mib in together):  # runs since the bench samples all processes
+            mem_ax.plot(*zip(*together, strict=True), "x--", color=color, alpha=0.6)
     time_ax.set(
         xscale="log", yscale="log", ylabel="seconds", title="send one period (—), import (···)"
     )
@@ -49,7 +55,10 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
         xscale="log", ylabel="messages / s", title="digests/s end to end (—), raw blast (- -)"
     )
     rate_ax.set_ylim(bottom=0)
-    mem_ax.set(xscale="log", ylabel="MiB", title="peak RSS of one process (the largest)")
+    mem_ax.set(
+        xscale="log", ylabel="MiB",
+        title="peak RSS, largest process (—); PSS, all processes (- -)",
+    )  # fmt: skip
     mem_ax.set_ylim(bottom=0)
     for ax in (time_ax, rate_ax, mem_ax):
         ax.set_xlabel("subscribers")

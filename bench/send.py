@@ -16,7 +16,8 @@
 4. Runs `pipeline.send_period` for one period in `--instances` worker processes at once on the
    same database (sharing the work through the ledger), each with `[smtp] pool_size`
    connections, and measures digests/s over the slowest worker, the time per stage the send
-   summary reports, and each worker's peak RSS.
+   summary reports, each worker's peak RSS and that of its largest send process, and the
+   PSS and RSS of all its processes together, sampled every 0.5 s.
 5. In the same run, as the reference: the raw rate of a blast of a sample of the very digests
    sent, pre-built, over as many aiosmtplib connections, to the same server.
 

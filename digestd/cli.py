@@ -348,9 +348,8 @@ def preview(ctx: Context, email: str, output: Path | None) -> None:
 
 async def _send(services: Services, period: date, fetch_first: bool) -> pipeline.SendSummary:
     now = datetime.now(UTC)
-    if services.store.subscriber_counts().get(Status.ACTIVE.value, 0) > workers.SPLIT_ABOVE:
-        # split over processes (`workers`): their forkserver imports while this one fetches
-        workers.warm(services.config)
+    # a big send is split over processes (`workers`): their forkserver imports meanwhile
+    workers.warm(services.config, services.store.subscriber_counts().get(Status.ACTIVE.value, 0))
     if fetch_first and not services.store.papers_seen_since(now - timedelta(hours=20)):
         result = await pipeline.fetch(services, period, now=now)
         click.echo(f"fetched {result.seen} papers, {result.new} new")

@@ -19,6 +19,7 @@ from digestd.config import Config
 from digestd.errors import ConfigError, DigestdError, FeedError
 from digestd.health import DaemonState, router
 from digestd.inbound import lmtp
+from digestd.models import Status
 from digestd.scheduler import Scheduler
 from digestd.services import Services
 from digestd.web import create_app
@@ -146,8 +147,7 @@ class Daemon:
             server.should_exit = True
             await serving
             raise
-        # the send processes' forkserver imports now, not when the first big send is due
-        workers.warm(self.config)
+        await self._warm()
         self.scheduler.start(self.config.schedule)
         self.state.scheduler_running = True
         log.info(
@@ -221,9 +221,15 @@ class Daemon:
             if self.scheduler.running:
                 self.scheduler.reschedule(new.schedule)
         await old.aclose(close_store=False)
-        workers.warm(new)  # [delivery] processes may have gone from 1 to more
+        await self._warm()  # [delivery] processes may have gone from 1 to more
         log.info("configuration and templates reloaded")
         sdnotify.notify("READY=1")
+
+    async def _warm(self) -> None:
+        """The send processes' forkserver imports now, not when the first big send is due
+        (`workers.warm`: only for a list big enough to be split)."""
+        counts = await asyncio.to_thread(self.services.store.subscriber_counts)
+        workers.warm(self.config, counts.get(Status.ACTIVE.value, 0))
 
     async def _watchdog(self) -> None:
         interval = sdnotify.watchdog_seconds()

@@ -14,10 +14,10 @@ The processes share the relay's limits: each gets its part of ``[smtp] pool_size
 Starting them is cheap, as it has to be for a send of a few thousand digests to gain from the
 split. They are forked from a *forkserver*: a process that has imported the send path and
 done nothing else (no event loop, threads or sockets to inherit), started by `warm` when the
-daemon starts or ``digestd send`` begins; spawning each from scratch cost it about a second of
-imports. And they are handed the corpus (the window's papers analysed, about a second of CPU
-for a month of papers), which the splitting process builds once, or has kept since the last
-tick, instead of each building its own.
+daemon starts or ``digestd send`` begins with a list big enough to split; spawning each from
+scratch cost it about a second of imports. And they are handed the corpus (the window's
+papers analysed, about a second of CPU for a month of papers), which the splitting process
+builds once, or has kept since the last tick, instead of each building its own.
 """
 
 from __future__ import annotations
@@ -99,10 +99,12 @@ def _context() -> ForkServerContext | SpawnContext:
     return context
 
 
-def warm(config: Config) -> None:
-    """Start the forkserver now, if sends are split at all, so that its imports are done
-    before the first big send. Returns at once: the server imports in its own process."""
-    if processes(config) > 1:
+def warm(config: Config, subscribers: int) -> None:
+    """Start the forkserver now if a list of ``subscribers`` (active ones) is big enough to
+    be split, so that its imports are done before the first big send. Returns at once: the
+    server imports in its own process. A smaller list is spared the forkserver (about 80 MiB
+    that would never fork); if it grows, the first split send starts it."""
+    if subscribers > SPLIT_ABOVE and processes(config) > 1:
         context = _context()
         if context.get_start_method() == "forkserver":
             from multiprocessing import forkserver

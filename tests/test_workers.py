@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -155,6 +157,42 @@ def test_the_corpus_handed_to_send_processes_is_theirs_while_the_papers_stay_the
     papers, rebuilt = pipeline._Run.load(services, later)
     assert rebuilt is not corpus and "2408.99999" in rebuilt.docs
     assert len(papers) == corpus.size + 1
+
+
+_FORKSERVERS = """
+import os, sys, time
+from pathlib import Path
+from digestd import config, workers
+workers.warm(config.load(Path(sys.argv[1])), int(sys.argv[2]))
+time.sleep(0.2)
+me = str(os.getpid())
+found = 0
+for stat in Path("/proc").glob("[0-9]*/stat"):
+    try:
+        ppid = stat.read_text().rsplit(")", 1)[1].split()[1]
+        cmdline = (stat.parent / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        continue
+    found += ppid == me and b"forkserver" in cmdline
+print(found)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize(
+    ("subscribers", "forkservers"), [(workers.SPLIT_ABOVE, 0), (workers.SPLIT_ABOVE + 1, 1)]
+)
+def test_a_forkserver_is_started_ahead_only_for_a_list_big_enough_to_split(
+    write_config: Callable[..., Path], subscribers: int, forkservers: int
+) -> None:
+    # A fresh interpreter, as the daemon starting: with 2 processes configured, a list of
+    # 2,000 is never split and keeps no forkserver; one more and it is ready ahead.
+    path = write_config(delivery__processes=2)
+    run = subprocess.run(
+        [sys.executable, "-c", _FORKSERVERS, str(path), str(subscribers)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert int(run.stdout) == forkservers
 
 
 def test_processes_follow_the_config_and_the_rate_limit(

@@ -113,12 +113,16 @@ class Sent:
     tree_peak_rss_kib: int
 
 
-def _forkserver_up(config: config_mod.Config) -> None:
-    """Start the send processes' forkserver and wait until it has imported what they run, as
-    a daemon's has long before its first big send (and ``digestd send``'s, while it fetches
-    and counts): one trivial process forked from it returns only then."""
-    if workers.processes(config) > 1 and "forkserver" in multiprocessing.get_all_start_methods():
-        workers.warm(config)
+def _forkserver_up(services: Services) -> None:
+    """Start the send processes' forkserver, if the send will be split, and wait until it has
+    imported what they run, as a daemon's has long before its first big send (and
+    ``digestd send``'s, while it fetches and counts): one trivial process forked from it
+    returns only then."""
+    config = services.config
+    active = services.store.subscriber_counts().get(Status.ACTIVE.value, 0)
+    workers.warm(config, active)
+    split = active > workers.SPLIT_ABOVE and workers.processes(config) > 1
+    if split and "forkserver" in multiprocessing.get_all_start_methods():
         probe = multiprocessing.get_context("forkserver").Process(target=os.getpid)
         probe.start()
         probe.join()
@@ -199,7 +203,7 @@ async def run(config_path: Path, period: date, now: datetime) -> Sent:
     """Build the services, say ready, wait for the go, and send, timing the send alone."""
     config = config_mod.load(config_path)
     services = Services.build(config)
-    _forkserver_up(config)
+    _forkserver_up(services)
     _say(ready=True, pid=os.getpid(), rss_kib=rss_kib())
     await asyncio.to_thread(sys.stdin.readline)
     cpu, start = time.process_time(), time.perf_counter()

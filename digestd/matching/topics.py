@@ -181,46 +181,53 @@ def _read_phrases(doc: Doc, topic: Topic, x: list[float], best: _Best | None) ->
     """Fill the phrase readings (x[0:7]) and, given ``best``, offer it the wordings found;
     a wording is only written out when it would beat what ``best`` has."""
     quote = _quoted(topic.text) if best is not None else ""
-    title, abstract, extra = doc.title, doc.abstract, doc.extra
     for form, swapped in topic.forms:
         if _conflicts(doc, topic, swapped):
             continue
         window = max(8, 2 * len(form) + 2)
-        # a field missing a word of the form has neither the phrase nor its words
-        if title.holds(form):
-            if spans := title.phrases(form):
-                x[0] = 1.0
-                if best is not None and best.rank > 0:
-                    best.offer(0, f"title matches {quote}" + _as(title.quote(spans[0]), topic))
-            elif title.window(form) is not None:
-                x[1] = 1.0
+        spans, span = _read(doc.title, form)
+        if spans:
+            x[0] = 1.0
+            if best is not None and best.rank > 0:
+                best.offer(0, f"title matches {quote}" + _as(doc.title.quote(spans[0]), topic))
+        elif span is not None:
+            x[1] = 1.0
+            if best is not None:
+                best.offer(3, f"title has the words of {quote}")
+        spans, span = _read(doc.abstract, form)
+        if spans:
+            x[2] = max(x[2], min(len(spans), _MENTIONS) / _MENTIONS)
+            if best is not None and best.rank > 1:
+                times = f" ({len(spans)} times)" if len(spans) > 1 else ""
+                wording = _as(doc.abstract.quote(spans[0]), topic)
+                best.offer(1, f"abstract mentions {quote}{times}{wording}")
+        elif span is not None:
+            if span.end - span.start <= window:
+                x[3] = 1.0
                 if best is not None:
-                    best.offer(3, f"title has the words of {quote}")
-        if abstract.holds(form):
-            if spans := abstract.phrases(form):
-                x[2] = max(x[2], min(len(spans), _MENTIONS) / _MENTIONS)
-                if best is not None and best.rank > 1:
-                    times = f" ({len(spans)} times)" if len(spans) > 1 else ""
-                    wording = _as(abstract.quote(spans[0]), topic)
-                    best.offer(1, f"abstract mentions {quote}{times}{wording}")
-            elif (span := abstract.window(form)) is not None:
-                if span.end - span.start <= window:
-                    x[3] = 1.0
-                    if best is not None:
-                        best.offer(4, f"abstract has the words of {quote} close together")
-                else:
-                    x[4] = 1.0
-                    if best is not None:
-                        best.offer(5, f"abstract has the words of {quote}")
-        if extra.holds(form):
-            if spans := extra.phrases(form):
-                x[5] = 1.0
-                if best is not None and best.rank > 2:
-                    best.offer(2, f"keywords mention {quote}" + _as(extra.quote(spans[0]), topic))
-            elif extra.window(form) is not None:
-                x[6] = 1.0
+                    best.offer(4, f"abstract has the words of {quote} close together")
+            else:
+                x[4] = 1.0
                 if best is not None:
-                    best.offer(6, f"keywords have the words of {quote}")
+                    best.offer(5, f"abstract has the words of {quote}")
+        spans, span = _read(doc.extra, form)
+        if spans:
+            x[5] = 1.0
+            if best is not None and best.rank > 2:
+                best.offer(2, f"keywords mention {quote}" + _as(doc.extra.quote(spans[0]), topic))
+        elif span is not None:
+            x[6] = 1.0
+            if best is not None:
+                best.offer(6, f"keywords have the words of {quote}")
+
+
+def _read(f: Field, form: Form) -> tuple[list[Span], Span | None]:
+    """Where ``f`` has the phrase ``form``, or else the shortest stretch with all its words;
+    a field missing one of its words (most, for most forms) has neither, found out at once."""
+    if not f.holds(form):
+        return [], None
+    spans = f.phrases(form)
+    return spans, None if spans else f.window(form)
 
 
 def features(doc: Doc, topic: Topic) -> tuple[tuple[float, ...], str]:

@@ -229,3 +229,23 @@ def test_reading_only_papers_that_can_score_changes_nothing() -> None:
     remembered = [k for k in corpus.memo if isinstance(k, tuple) and k[0] == "evidence"]
     assert remembered
     assert all(k[2] in holders(compile_topic(k[1], corpus), corpus) for k in remembered)
+
+
+def test_the_c_stemmer_stems_as_the_pure_python_one() -> None:
+    """snowballstemmer hands its work to PyStemmer's C (a dependency, ~18 times faster) when
+    it is installed; a digest must not change with that. Every word of the recorded days."""
+    import re
+
+    import Stemmer
+    from snowballstemmer.english_stemmer import EnglishStemmer
+
+    from digestd.matching import text
+
+    assert isinstance(text._STEMMER, Stemmer.Stemmer)
+    words: set[str] = set()
+    for day in sorted(HF_DAYS.glob("*.json")):
+        words.update(w.lower() for w in re.findall(r"[^\W_]+", day.read_text(encoding="utf-8")))
+    assert len(words) > 5000
+    pure = EnglishStemmer()
+    differ = [w for w in sorted(words) if text._STEMMER.stemWord(w) != pure.stemWord(w)]
+    assert differ == []

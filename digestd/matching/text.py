@@ -41,7 +41,9 @@ def fold(text: str) -> str:
 
 @functools.lru_cache(maxsize=131072)
 def stem(word: str) -> str:
-    """Porter2 (Snowball) stem of a folded word, cached: papers repeat a few thousand words."""
+    """Porter2 (Snowball) stem of a folded word, cached: papers repeat a few thousand words.
+    snowballstemmer runs PyStemmer's C when it is installed (a dependency): the same stems
+    (a test compares them) at a microsecond a word instead of about 18."""
     return str(_STEMMER.stemWord(word))
 
 

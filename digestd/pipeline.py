@@ -435,11 +435,16 @@ async def send_period(
     # A manual send does not wait for papers: what is stored now is what there is.
     run = await _Run.start(services, now, stop=stop, wait=timedelta(0))
     summary = SendSummary()
-    active = services.store.subscribers(status=Status.ACTIVE, share=share)
-    async for batch in _in_thread(active):
-        due = [s for s in batch if is_due(s, period)]
-        summary.skipped += len(batch) - len(due)
-        summary.add(await _send_batch(run, [(s, period, now) for s in due], concurrency))
+
+    async def work() -> AsyncIterator[list[_Work]]:
+        async for batch in _in_thread(
+            services.store.subscribers(status=Status.ACTIVE, share=share)
+        ):
+            due = [s for s in batch if is_due(s, period)]
+            summary.skipped += len(batch) - len(due)
+            yield [(s, period, now) for s in due]
+
+    summary.add(await _send_work(run, work(), concurrency))
     summary.stages = run.finish()
     log.info("period %s: %s", period, summary)
     return summary
@@ -476,30 +481,33 @@ async def send_due(
             log.info("tick: %s", summary)
             return summary
     run = await _Run.start(services, now, stop=stop)
-    summary = SendSummary()
-    # Whoever just confirmed on the web gets a first digest now, not at tomorrow's send time.
-    welcome = await asyncio.to_thread(store.awaiting_first_digest, since=now - timedelta(days=1))
-    work = [
-        (s, now.astimezone(zone(s.timezone)).date(), now)
-        for s in welcome
-        if share is None or share.has(s.id or 0)
-    ]
-    summary.add(await _send_batch(run, work, concurrency))
-    for period, (_, groups) in sorted(by_period.items()):
-        due_now = store.due_subscribers(period, groups, now=now, share=share)
-        async for batch in _in_thread(due_now):
-            if run.stop.is_set():
-                break
-            work = []
-            for sub in batch:
-                # No digest for a period that ended before the subscription began.
-                start = sub.confirmed_at or sub.created_at
-                if period < start.astimezone(zone(sub.timezone)).date():
-                    continue
-                found = due_period(now, sub.send_time, sub.timezone, sub.frequency, sub.weekly_day)
-                assert found is not None and found[0] == period
-                work.append((sub, period, found[1]))
-            summary.add(await _send_batch(run, work, concurrency))
+
+    async def work() -> AsyncIterator[list[_Work]]:
+        # Whoever just confirmed on the web gets a first digest now, not at tomorrow's time.
+        since = now - timedelta(days=1)
+        welcome = await asyncio.to_thread(store.awaiting_first_digest, since=since)
+        yield [
+            (s, now.astimezone(zone(s.timezone)).date(), now)
+            for s in welcome
+            if share is None or share.has(s.id or 0)
+        ]
+        for period, (_, groups) in sorted(by_period.items()):
+            due_now = store.due_subscribers(period, groups, now=now, share=share)
+            async for batch in _in_thread(due_now):
+                due = []
+                for sub in batch:
+                    # No digest for a period that ended before the subscription began.
+                    start = sub.confirmed_at or sub.created_at
+                    if period < start.astimezone(zone(sub.timezone)).date():
+                        continue
+                    found = due_period(
+                        now, sub.send_time, sub.timezone, sub.frequency, sub.weekly_day
+                    )
+                    assert found is not None and found[0] == period
+                    due.append((sub, period, found[1]))
+                yield due
+
+    summary = await _send_work(run, work(), concurrency)
     summary.stages = run.finish()
     if summary.sent or summary.retry or summary.failed:
         log.info("tick: %s", summary)
@@ -527,40 +535,68 @@ async def _in_thread(batches: Iterator[list[Subscriber]]) -> AsyncIterator[list[
         yield batch
 
 
-async def _send_batch(
-    run: _Run, work: Sequence[tuple[Subscriber, date, datetime]], concurrency: int
+#: one digest to send: the subscriber, the period and when it fell due
+_Work = tuple[Subscriber, date, datetime]
+
+
+async def _send_work(
+    run: _Run, source: AsyncIterator[list[_Work]], concurrency: int
 ) -> SendSummary:
-    """Send ``work`` in chunks: each chunk claimed, matched, sent and recorded together.
+    """Send what ``source`` yields (batches of a store query) in chunks: each chunk claimed,
+    matched, sent and recorded together.
 
     The next chunk is claimed and matched while this one's digests go out: the database
     work runs in a thread and matching fills the event loop's waits for the relay, so
-    neither the CPU nor the connections sit idle between chunks. Digests a chunk gave back
-    unsent (its lease ran too short: a slow relay) are claimed again at once; each round
-    sends at least a pool's worth, so this ends.
+    neither the CPU nor the connections sit idle between chunks, nor between the batches
+    of the query, whose next one is read as part of the next chunk. Digests a chunk gave
+    back unsent (its lease ran too short: a slow relay) are claimed again at once; each
+    round sends at least a pool's worth, so this ends. Once ``run.stop`` is set no more
+    work is taken.
     """
     summary = SendSummary()
-    todo = list(work)
+    todo: list[_Work] = []
+    sizes = _chunk_sizes()
+    more = True
 
-    def take() -> Sequence[tuple[Subscriber, date, datetime]]:
-        nonlocal todo
-        chunk, todo = todo[:CHUNK], todo[CHUNK:]
-        return chunk
+    async def next_chunk() -> _Chunk | None:
+        nonlocal todo, more
+        size = next(sizes)
+        while more and len(todo) < size and not run.stop.is_set():
+            batch = await anext(source, None)
+            if batch is None:
+                more = False
+            else:
+                todo += batch
+        work, todo = todo[:size], todo[size:]
+        return await _prepare_chunk(run, work, summary) if work else None
 
-    ahead: asyncio.Task[_Chunk] | None = None
-    chunk = await _prepare_chunk(run, take(), summary) if todo else None
+    ahead: asyncio.Task[_Chunk | None] | None = None
+    chunk = await next_chunk()
     try:
         while chunk is not None:
-            if todo and not run.stop.is_set():  # shutting down: take no new work
-                ahead = asyncio.create_task(_prepare_chunk(run, take(), summary))
+            if not run.stop.is_set():  # shutting down: take no new work
+                ahead = asyncio.create_task(next_chunk())
             # A prepared chunk is always delivered: on a stop, that gives its claims back.
             todo = await _deliver_chunk(run, chunk, concurrency, summary) + todo
             chunk, ahead = (await ahead if ahead is not None else None), None
             if chunk is None and todo and not run.stop.is_set():
-                chunk = await _prepare_chunk(run, take(), summary)
+                chunk = await next_chunk()
     finally:
         if ahead is not None:  # cancelled mid-chunk: its claims come back with their lease
             ahead.cancel()
     return summary
+
+
+def _chunk_sizes() -> Iterator[int]:
+    """Subscribers per chunk: a few at first, so that the first digests go out while the
+    next chunk is matched (the first subscribers' topics are all new to the run, and take
+    longest to read), then CHUNK."""
+    size = FIRST_CHUNK
+    while size < CHUNK:
+        yield size
+        size *= 2
+    while True:
+        yield CHUNK
 
 
 @dataclass(slots=True)
@@ -580,14 +616,12 @@ class _Digest:
 class _Chunk:
     """A claimed and matched chunk: digests to send and outcomes already decided."""
 
-    work: Sequence[tuple[Subscriber, date, datetime]]
+    work: Sequence[_Work]
     ready: list[_Digest]
     outcomes: list[ledger.Outcome]
 
 
-async def _prepare_chunk(
-    run: _Run, work: Sequence[tuple[Subscriber, date, datetime]], summary: SendSummary
-) -> _Chunk:
+async def _prepare_chunk(run: _Run, work: Sequence[_Work], summary: SendSummary) -> _Chunk:
     """Claim one chunk and match it."""
     stages = run.stages
     due_at = {(s.id or 0, period): at for s, period, at in work}
@@ -617,7 +651,7 @@ async def _prepare_chunk(
 
 async def _deliver_chunk(
     run: _Run, chunk: _Chunk, concurrency: int, summary: SendSummary
-) -> list[tuple[Subscriber, date, datetime]]:
+) -> list[_Work]:
     """Send and record one prepared chunk; return the work given back unsent."""
     services, stages = run.services, run.stages
     engine = services.store.engine
@@ -825,6 +859,8 @@ def _count_bounce(run: _Run, outcome: ledger.Outcome) -> None:
 
 #: digests claimed and matched together: one transaction claims them all
 CHUNK = 100
+#: the first chunk of a run (see _chunk_sizes)
+FIRST_CHUNK = 10
 #: seconds of matching before the event loop gets a turn (the web front shares it)
 YIELD_EVERY = 0.02
 #: sent digests recorded together (one transaction); see _deliver_chunk

@@ -17,6 +17,8 @@ import sqlalchemy as sa
 
 from digestd import config as config_mod
 from digestd import pipeline, workers
+from digestd.matcher import Corpus
+from digestd.matching import topics
 from digestd.models import Delivery, DeliveryStatus, Subscriber
 from digestd.services import Services
 from tests.smtp_server import SmtpServer
@@ -138,25 +140,64 @@ async def test_a_stopped_split_send_is_finished_by_the_next_with_no_digest_twice
 def test_the_corpus_handed_to_send_processes_is_theirs_while_the_papers_stay_the_same(
     services: Services,
 ) -> None:
-    handed = pipeline.handed_corpus(services, NOW1)
-    built = pipeline._Run.load(services, NOW1)[1]  # what this process built and handed
+    pipeline.preview(services, "reader1@example.org", now=NOW1)  # some readings to hand on
+    built, handed = pipeline.handed_corpus(services, NOW1)
+    assert built is pipeline._Run.load(services, NOW1)[1]  # what this process built and kept
     corpus = pipeline.adopt_corpus(services.config, handed)  # as a send process does
     assert corpus is not built and corpus == built  # size, rarity, acronyms, case
     assert list(corpus.docs) == list(built.docs) and corpus.postings == built.postings
-    assert not corpus.memo  # the papers analysed; nothing worked out per subscriber
+    # and what was worked out on them (evidence as plain tuples, made evidence again as used)
+    assert corpus.memo and corpus.memo == {k: topics.portable(v) for k, v in built.memo.items()}
 
     papers, used = pipeline._Run.load(services, NOW1)
     assert used is corpus  # not analysed again
     assert all(p is corpus.docs[p.id].paper for p, _ in papers)
 
     # A paper stored since: the handed corpus is out of date, and the run builds its own.
-    pipeline.adopt_corpus(services.config, handed)
+    adopted = pipeline.adopt_corpus(services.config, handed)
     later = NOW1 + timedelta(hours=1)
     newer = dataclasses.replace(papers[0][0], id="2408.99999", title="A paper stored later")
     services.store.add_papers([newer], seen_at=later)
     papers, rebuilt = pipeline._Run.load(services, later)
     assert rebuilt is not corpus and "2408.99999" in rebuilt.docs
     assert len(papers) == corpus.size + 1
+    # What that run reads belongs to another corpus: none of it goes back as the handed one's.
+    pipeline.preview(services, "reader2@example.org", now=later)
+    assert pipeline.new_readings(services.config, adopted, frozenset(adopted.memo)) == (0, [])
+
+
+async def test_what_send_processes_read_is_kept_for_the_next_split_send(
+    services: Services, smtp_server: SmtpServer
+) -> None:
+    first = await pipeline.send_period(services, DAY1, now=NOW1, split_above=20)
+
+    # The processes read the subscribers' topics against the papers and handed that back:
+    # this process keeps it with its corpus for the next split send, each reading the same
+    # as one worked out here.
+    assert first.sent > 0 and first.readings > 0
+    kept, handed = pipeline.handed_corpus(services, NOW1)
+    memo = pipeline.adopt_corpus(services.config, handed).memo
+    fresh = Corpus.of(kept.docs[pid].paper for pid in kept.docs)
+    evidence = {k: v for k, v in memo.items() if isinstance(k, tuple) and k[0] == "evidence"}
+    assert len(evidence) > len(TOPICS)
+    for (_, text, pid), found in evidence.items():
+        expected = topics.evidence(fresh.docs[pid], topics.compile_topic(text, fresh), fresh)
+        assert topics.Evidence(*found) == expected  # handed as a plain tuple
+
+    # The next split send (the next day's digests, from the same papers) is handed all of
+    # it: its processes read nothing again.
+    later = NOW1 + timedelta(days=1)
+    second = await pipeline.send_period(services, DAY1 + timedelta(days=1), now=later,
+                                        split_above=20)  # fmt: skip
+    assert second.sent + second.empty == N and second.readings == 0
+    _check_once_each(services, smtp_server)
+
+    # Papers change: what was kept is dropped with the corpus it was worked out on.
+    later = NOW1 + timedelta(hours=1)
+    newer = dataclasses.replace(kept.docs[next(iter(kept.docs))].paper, id="2408.99999")
+    services.store.add_papers([newer], seen_at=later)
+    rebuilt, handed = pipeline.handed_corpus(services, later)
+    assert rebuilt is not kept and not handed.readings
 
 
 _FORKSERVERS = """

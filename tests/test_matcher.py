@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -249,3 +253,35 @@ def test_the_c_stemmer_stems_as_the_pure_python_one() -> None:
     pure = EnglishStemmer()
     differ = [w for w in sorted(words) if text._STEMMER.stemWord(w) != pure.stemWord(w)]
     assert differ == []
+
+
+def test_a_compound_is_one_mention_and_the_why_line_the_same_in_every_process() -> None:
+    # "Skill-based" holds the topic's stem "skill" and the compound stem "skillbas", a
+    # variant of it: one mention, quoted as the topic's word, whatever a set's order is.
+    papers = [
+        paper("Skill-Native agents", "Skill-based learning. Agents learn skills.", id="2601.00001"),
+        paper("Skill-based planning", "Planning with tools.", id="2601.00002"),
+    ]
+    corpus = Corpus.of(papers)
+    [(form, _)] = compile_topic("skills", corpus).forms
+    assert {"skill", "skillbas", "skillnat"} <= form[0]  # compounds are variants of the word
+    abstract = corpus.docs["2601.00001"].abstract
+    assert [abstract.quote(s) for s in abstract.phrases(form)] == ["Skill", "skills"]
+    ranked = rank(papers, Profile(topics=("skills",), min_score=0), corpus=corpus)
+    assert [m.why for m in ranked] == ["Title matches “skills” as “Skill”"] * 2
+
+    script = (
+        "from tests.test_matcher import paper; from digestd.matcher import Profile, rank\n"
+        "ps = [paper('Skill-Native agents', 'Skill-based learning. Agents learn skills.',"
+        " id='2601.00001'), paper('SKILL-KD: skill distillation', 'SKILL-KD and Skill-based"
+        " skills.', id='2601.00002')]\n"
+        "print([(m.paper.id, m.score, m.why) for m in rank(ps, Profile(topics=('skills',),"
+        " min_score=0))])\n"
+    )
+    outputs = set()
+    for seed in range(6):  # set iteration order follows the hash seed
+        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                             text=True, check=True, cwd=Path(__file__).parent.parent)  # fmt: skip
+        outputs.add(run.stdout)
+    assert len(outputs) == 1

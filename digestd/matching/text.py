@@ -159,31 +159,36 @@ class Field:
         return True
 
     def phrases(self, form: Sequence[frozenset[str]]) -> list[Span]:
-        """Where the words of ``form`` stand one after the other (each word any of its stems)."""
-        found: list[Span] = []
+        """Where the words of ``form`` stand one after the other (each word any of its stems):
+        one span per place, the shortest. "Skill-based" is "skill" and the compound "skillbas",
+        both stems of the topic "skills", and is still one mention of it, quoted "Skill"."""
         if not form:
-            return found
+            return []
+        ends: dict[int, int] = {}
         for first in form[0]:
             for start in self.index.get(first, ()):
                 at = self._end(first, start)
                 end = self._follow(form, 1, at) if at is not None else None
-                if end is not None:
-                    found.append(Span(start, end))
-        found.sort(key=lambda s: s.start)
-        return found
+                if end is not None and (start not in ends or end < ends[start]):
+                    ends[start] = end
+        return [Span(start, ends[start]) for start in sorted(ends)]
 
     def _follow(self, form: Sequence[frozenset[str]], i: int, at: int) -> int | None:
+        """Where the rest of ``form`` (from word ``i``) ends if it starts at ``at``: the
+        nearest end, whichever of a word's stems leads there (not the first tried, which
+        would follow the order of a set, and so change with the interpreter's hash seed)."""
         if i == len(form):
             return at
         if not form[i]:  # any stop word
             return self._follow(form, i + 1, at + 1) if at in self.stops else None
+        nearest: int | None = None
         for s in form[i]:
             after = self._end(s, at)
             if after is not None:
                 end = self._follow(form, i + 1, after)
-                if end is not None:
-                    return end
-        return None
+                if end is not None and (nearest is None or end < nearest):
+                    nearest = end
+        return nearest
 
     def window(self, form: Sequence[frozenset[str]]) -> Span | None:
         """The shortest stretch holding every word of ``form`` in any order, if any."""

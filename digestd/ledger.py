@@ -60,7 +60,7 @@ class Outcome:
     message_id: str = ""
     #: FAILED: the relay's reply code (a bounce to count against the subscriber)
     code: int = 0
-    #: counted as "not due or already done" (the subscriber left), not as a digest outcome
+    #: counted as skipped (the subscriber left), not as a digest outcome
     skipped: bool = False
 
 

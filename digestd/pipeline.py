@@ -66,7 +66,11 @@ class SendSummary:
     retry: int = 0
     failed: int = 0
     expired: int = 0
+    #: claims not taken (done already, another worker's, a retry not yet due), digests given
+    #: back on a stop, subscribers gone since their claim
     skipped: int = 0
+    #: subscribers of a manual send (`send_period`) whose digest days the period is not
+    not_due: int = 0
     #: seconds per stage of the send (see Stages), filled in at the end of a run
     stages: dict[str, float] = field(default_factory=dict)
     #: CPU seconds and peak RSS (KiB) of each process a split send ran in (`workers`)
@@ -77,8 +81,11 @@ class SendSummary:
     def __str__(self) -> str:
         text = (
             f"{self.sent} sent, {self.empty} with nothing to send, {self.retry} to retry, "
-            f"{self.failed} failed, {self.skipped} not due or already done"
+            f"{self.failed} failed, {self.skipped} skipped (done already, another worker's, "
+            "or a retry not yet due)"
         )
+        if self.not_due:
+            text += f", {self.not_due} not due that day"
         if self.waiting:
             text += f", {self.waiting} waiting for papers"
         if self.expired:
@@ -517,7 +524,7 @@ async def send_period(
             services.store.subscribers(status=Status.ACTIVE, share=share)
         ):
             due = [s for s in batch if is_due(s, period)]
-            summary.skipped += len(batch) - len(due)
+            summary.not_due += len(batch) - len(due)
             yield [(s, period, now) for s in due]
 
     summary.add(await _send_work(run, work(), concurrency))

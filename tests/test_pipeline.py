@@ -104,8 +104,25 @@ async def test_second_send_for_the_same_period_sends_nothing(
     first = await pipeline.send_period(services, DAY1, now=NOW1)
     again = await pipeline.send_period(services, DAY1, now=NOW1 + timedelta(hours=1))
     assert first.sent == 1
-    assert again.sent == 0 and again.skipped == 1
+    assert again.sent == 0 and again.skipped == 1 and again.not_due == 0
+    assert "1 skipped (done already" in str(again)
     assert len(smtp_server.handler.messages) == 1
+
+
+async def test_a_manual_send_counts_apart_those_it_is_not_a_digest_day_for(
+    services: Services, smtp_server: SmtpServer
+) -> None:
+    subscribe(services, "alice@example.org", "world models")
+    weekly = make_input("bob@example.org", topics=["world models"], frequency="weekly",
+                        weekly_day=(DAY1.weekday() + 1) % 7)  # fmt: skip
+    services.store.add_subscriber(weekly, status=Status.ACTIVE, now=NOW1 - timedelta(days=1))
+    await pipeline.fetch(services, DAY1, now=NOW1)
+
+    summary = await pipeline.send_period(services, DAY1, now=NOW1)
+
+    assert (summary.sent, summary.not_due, summary.skipped) == (1, 1, 0)
+    assert str(summary).endswith(", 1 not due that day")
+    assert [m.rcpt_tos for m in smtp_server.handler.messages] == [["alice@example.org"]]
 
 
 async def test_a_paper_is_never_sent_twice(

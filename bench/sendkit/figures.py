@@ -108,8 +108,8 @@ def report(r: dict[str, Any]) -> str:
         f"{r['import']['refused']} refused",
         f"send        {s['wall_seconds']:.1f} s: {c.get('sent', 0):,} sent, "
         f"{c.get('empty', 0):,} empty, {c.get('failed', 0)} failed, "
-        f"{c.get('retry', 0)} to retry, {c.get('skipped', 0):,} skipped (not due, or "
-        "another instance's)",
+        f"{c.get('retry', 0)} to retry, {c.get('skipped', 0):,} skipped (done already, or "
+        f"another instance's), {c.get('not_due', 0):,} not due that day",
         f"            {s['digests_per_second']:.1f} digests/s end to end "
         f"({s['subscribers_per_second']:.1f} subscribers/s); CPU {s['cpu_seconds']:.1f} s "
         f"({1000 * s['cpu_seconds'] / max(1, done):.1f} ms a subscriber)",

@@ -184,16 +184,22 @@ def _read_phrases(doc: Doc, topic: Topic, x: list[float], best: _Best | None) ->
     for form, swapped in topic.forms:
         if _conflicts(doc, topic, swapped):
             continue
+        # The title and the keywords: the phrase, or all its words (one reading each).
+        for f, at, ranks, said in (
+            (doc.title, 0, (0, 3), ("title matches", "title has the words of")),
+            (doc.extra, 5, (2, 6), ("keywords mention", "keywords have the words of")),
+        ):
+            spans, span = _read(f, form)
+            if spans:
+                x[at] = 1.0
+                if best is not None and best.rank > ranks[0]:
+                    best.offer(ranks[0], f"{said[0]} {quote}" + _as(f.quote(spans[0]), topic))
+            elif span is not None:
+                x[at + 1] = 1.0
+                if best is not None:
+                    best.offer(ranks[1], f"{said[1]} {quote}")
+        # The abstract: how often the phrase, or how close together its words.
         window = max(8, 2 * len(form) + 2)
-        spans, span = _read(doc.title, form)
-        if spans:
-            x[0] = 1.0
-            if best is not None and best.rank > 0:
-                best.offer(0, f"title matches {quote}" + _as(doc.title.quote(spans[0]), topic))
-        elif span is not None:
-            x[1] = 1.0
-            if best is not None:
-                best.offer(3, f"title has the words of {quote}")
         spans, span = _read(doc.abstract, form)
         if spans:
             x[2] = max(x[2], min(len(spans), _MENTIONS) / _MENTIONS)
@@ -210,15 +216,6 @@ def _read_phrases(doc: Doc, topic: Topic, x: list[float], best: _Best | None) ->
                 x[4] = 1.0
                 if best is not None:
                     best.offer(5, f"abstract has the words of {quote}")
-        spans, span = _read(doc.extra, form)
-        if spans:
-            x[5] = 1.0
-            if best is not None and best.rank > 2:
-                best.offer(2, f"keywords mention {quote}" + _as(doc.extra.quote(spans[0]), topic))
-        elif span is not None:
-            x[6] = 1.0
-            if best is not None:
-                best.offer(6, f"keywords have the words of {quote}")
 
 
 def _read(f: Field, form: Form) -> tuple[list[Span], Span | None]:

@@ -82,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--blast-seconds", type=float, default=10.0)
     p.add_argument("--blast-messages", type=int, default=10_000)
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="no reading ahead before the send: its processes read the topics themselves",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, help="write the figures to this file")
     p.add_argument("--workdir", type=Path, help="work folder (default: a temporary one)")
@@ -99,6 +104,8 @@ def run_workers(
     now: datetime,
     work: Path,
     before_go: Callable[[list[Path]], None],
+    *,
+    cold: bool = False,
 ) -> tuple[list[dict[str, Any]], float, float | None, list[Path]]:
     """Start the send workers, call ``before_go`` with their sample files once all are
     ready, let them go together, and collect what each reports."""
@@ -118,7 +125,7 @@ def run_workers(
             raise SystemExit(f"rendering the blast's sample failed ({done.returncode}):\n{tail}")
     try:
         for log in logs:
-            args = [str(config), period.isoformat(), now.isoformat()]
+            args = [str(config), period.isoformat(), now.isoformat(), *(["--cold"] * cold)]
             with log.open("a") as err:  # the child keeps its own copy of the descriptor
                 procs.append(
                     subprocess.Popen(
@@ -216,6 +223,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "instances": args.instances,
         "server": args.server,
         "pool_size": args.pool_size,
+        "cold": args.cold,
         "processes": args.processes or os.cpu_count(),
         "period": period.isoformat(),
         "papers": {
@@ -288,7 +296,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             stats.append(server.stats())  # the send's server figures start here
 
         workers, wall, busy, sample_files = run_workers(
-            config, args.instances, period, now, work, before_go
+            config, args.instances, period, now, work, before_go, cold=args.cold
         )
         before, after = stats[0], server.stats()
         out["send"] = figures.send_figures(workers, wall)

@@ -82,6 +82,13 @@ class Daemon:
             self.app.state.web.subscriptions.purge_unconfirmed(now=now)
         except Exception:
             log.exception("purging unconfirmed requests failed")
+        try:
+            # The day's topics read against the papers now, once, not by the first big send's
+            # processes each (`workers.read_ahead`); also when another instance fetched.
+            async with self._busy:
+                await workers.read_ahead(self.services, now, self.stop_sending)
+        except Exception:
+            log.exception("reading the topics ahead failed; the sends read them themselves")
 
     async def tick_job(self) -> None:
         if self.stop_sending.is_set():

@@ -256,6 +256,26 @@ class Store:
                 out[subscriber_id][kind].append(value)
         return out
 
+    def common_phrases(self, limit: int) -> list[str]:
+        """The topics and exclusions of active subscribers, those most of them hold first
+        (ties by text), at most ``limit``: what the day's sends will read the papers for."""
+        t = Preference.__table__.c  # type: ignore[attr-defined]
+        u = Subscriber.__table__.c  # type: ignore[attr-defined]
+        held = sa.func.count()
+        query = (
+            sa.select(t.value)
+            .join_from(Preference.__table__, Subscriber.__table__, t.subscriber_id == u.id)  # type: ignore[attr-defined]
+            .where(
+                u.status == Status.ACTIVE.value,
+                t.kind.in_([PrefKind.TOPIC.value, PrefKind.EXCLUDE.value]),
+            )
+            .group_by(t.value)
+            .order_by(held.desc(), t.value)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
     def subscribers(
         self, *, status: Status | None = None, batch: int = 1000, share: Share | None = None
     ) -> Iterator[list[Subscriber]]:

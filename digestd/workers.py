@@ -18,9 +18,9 @@ daemon starts or ``digestd send`` begins with a list big enough to split; spawni
 scratch cost it about a second of imports. And they are handed the corpus (the window's
 papers analysed, a quarter of a second of CPU for a month of papers), which the splitting
 process builds once, or has kept since the last tick, instead of each building its own;
-with it, what earlier split sends' processes worked out on it and handed back (the
-subscribers' topics read against the papers, most of a small send's matching), so that a
-day's later split sends do not read the same topics again.
+with it, the subscribers' topics read against the papers (most of a small send's matching):
+read ahead by the daemon after each fetch (`read_ahead`), or worked out and handed back by
+earlier split sends' processes, so that no split send reads the same topics again.
 """
 
 from __future__ import annotations
@@ -39,13 +39,15 @@ from datetime import date, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from digestd.config import Config
 from digestd.metrics import SendTally
+from digestd.models import Status
 from digestd.store import Share
 
 if TYPE_CHECKING:
+    from digestd.matcher import Corpus
     from digestd.pipeline import Handed, SendSummary
     from digestd.services import Services
 
@@ -197,6 +199,110 @@ async def split(services: Services, job: Job, n: int, stop: asyncio.Event) -> Se
     return total
 
 
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """What `read_ahead` did: topic readings worked out, bytes of readings now kept for the
+    send processes, and the CPU seconds and peak RSS (KiB) of its process."""
+
+    readings: int
+    kept: int
+    cpu: float
+    peak_rss_kib: int
+
+
+async def read_ahead(
+    services: Services, now: datetime, stop: asyncio.Event, *, split_above: int = SPLIT_ABOVE
+) -> Ahead | None:
+    """Read the topics the day's split sends will read, once, now (after a fetch): in one
+    process, against the papers a digest at ``now`` can hold; what it read is kept as the
+    send processes' readings are (`pipeline.keep_readings`) and handed to them. How many
+    topic readings it worked out (0: the list is not big enough to be split, or they were
+    all kept already).
+
+    Without it the first split send after the papers change reads them, in every one of its
+    processes (each reads the topics of its own share, and most topics are shared), before
+    its first digests can go; with it they are read once, by one process, hours before most
+    of the day's sends (a fetch comes before them). At most ``READ_AHEAD`` phrases, those most
+    subscribers hold: a send reads a rarer one itself, once, in the process whose subscriber
+    holds it. ``stop`` ends it early; nothing is lost but the time. None: not done (the list
+    is not big enough to be split, it was stopped, or its process failed).
+    """
+    from digestd.pipeline import handed_corpus, keep_readings
+
+    active = await asyncio.to_thread(services.store.subscriber_counts)
+    if active.get(Status.ACTIVE.value, 0) <= split_above or processes(services.config) < 2:
+        return None
+    source, corpus = await asyncio.to_thread(handed_corpus, services, now)
+    context = _context()
+    receive, result = context.Pipe(duplex=False)
+    level = logging.getLogger().getEffectiveLevel()
+    process = context.Process(
+        target=_read_main,
+        args=(services.config, now, corpus, result, level),
+        name="read-ahead",
+        daemon=True,
+    )
+    process.start()
+    result.close()
+    waiting = asyncio.ensure_future(asyncio.to_thread(_result, process, receive))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((waiting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            process.terminate()  # it only reads: nothing is lost
+        report: tuple[int, list[bytes], tuple[float, int]] | None = await waiting
+    except BaseException:
+        process.terminate()
+        raise
+    finally:
+        stopping.cancel()
+    if report is None:
+        if not stop.is_set():
+            log.error(
+                "reading ahead failed (exit code %s): the sends read the topics themselves",
+                process.exitcode,
+            )
+        return None
+    count, pieces, (cpu, peak) = report
+    ahead = Ahead(count, keep_readings(services, source, pieces), cpu, peak)
+    log.info(
+        "read ahead: %d topic readings worked out in %.1f s of CPU (%.1f MB kept)",
+        count, cpu, ahead.kept / 1e6,
+    )  # fmt: skip
+    return ahead
+
+
+#: phrases `read_ahead` reads at most: about 0.6 ms of CPU and 3 KB kept each
+READ_AHEAD = 10_000
+
+
+def _read_main(
+    config: Config, now: datetime, corpus: Handed, result: Connection, level: int
+) -> None:
+    """The process of `read_ahead`: the corpus the parent pickled, the phrases the active
+    subscribers hold read against it, and what that worked out sent back."""
+    _child(level)
+    from digestd.pipeline import new_readings, read_topics
+    from digestd.services import Services
+
+    adopted = _adopt(config, corpus)
+    known = frozenset(adopted.memo)
+    services = Services.build(config)
+    try:
+        phrases = services.store.common_phrases(READ_AHEAD)
+        read_topics(services, now, phrases)
+    finally:
+        asyncio.run(services.aclose())
+    count, pieces = new_readings(config, adopted, known)
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        result.send((count, pieces, (used.ru_utime + used.ru_stime, used.ru_maxrss)))
+    except BrokenPipeError:  # the parent is gone
+        pass
+    finally:
+        result.close()
+
+
 async def _results(
     started: list[tuple[BaseProcess, Connection, Connection]], stop: asyncio.Event
 ) -> list[Report | None]:
@@ -219,10 +325,11 @@ async def _relay_stop(stop: asyncio.Event, halts: list[Connection]) -> None:
             halt.send("stop")
 
 
-def _result(process: BaseProcess, receive: Connection) -> Report | None:
+def _result(process: BaseProcess, receive: Connection) -> Any:
+    """What ``process`` sent through ``receive`` (None: it died without a word)."""
     try:
-        report: Report | None = receive.recv()
-    except EOFError:  # it died without a word
+        report = receive.recv()
+    except EOFError:
         report = None
     finally:
         receive.close()
@@ -242,15 +349,10 @@ def _main(
     """A send process: one share of the job, with the corpus the parent pickled (`corpus`);
     stops early on a word (or EOF: the parent is gone) from ``halt``; its summary goes back
     through ``result``."""
-    # Ctrl-C reaches the whole process group: the parent decides (through ``halt``).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    logging.basicConfig(level=level, format=stamp + _LOG_FORMAT)
-    for noisy in ("alembic", "aiosmtplib", "httpx"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    from digestd.pipeline import adopt_corpus, new_readings
+    _child(level)
+    from digestd.pipeline import new_readings
 
-    adopted = adopt_corpus(config, corpus)
+    adopted = _adopt(config, corpus)
     known = frozenset(adopted.memo)
     summary, tally = asyncio.run(_send(config, job, share, halt))
     # What this process read (topics against papers) goes back, so that the next split
@@ -265,6 +367,28 @@ def _main(
         log.warning("the process that started this send is gone; stopped after what was sent")
     finally:
         result.close()
+
+
+def _adopt(config: Config, handed: Handed) -> Corpus:
+    """The corpus handed to this process, adopted (`pipeline.adopt_corpus`), and the pickled
+    pieces it came in let go: the process's arguments hold them until it ends otherwise (the
+    readings alone are some megabytes)."""
+    from digestd.pipeline import adopt_corpus
+
+    corpus = adopt_corpus(config, handed)
+    handed.docs.clear()
+    handed.readings.clear()
+    return corpus
+
+
+def _child(level: int) -> None:
+    """What every process started here does first: its signals and its logging."""
+    # Ctrl-C reaches the whole process group: the parent decides (through ``halt``).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=level, format=stamp + _LOG_FORMAT)
+    for noisy in ("alembic", "aiosmtplib", "httpx"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 async def _send(

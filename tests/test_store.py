@@ -157,6 +157,22 @@ def test_subscribers_come_in_batches(store: Store) -> None:
     assert "s3@example.org" not in {s.email for b in batches for s in b}
 
 
+def test_the_phrases_active_subscribers_hold_most_come_first(store: Store) -> None:
+    def sub(email: str, topics: list[str], exclude: list[str] = []) -> None:  # noqa: B006
+        data = make_input(email, topics=topics, exclude=exclude, authors=["Ada Lovelace"])
+        store.add_subscriber(data, status=Status.ACTIVE)
+
+    sub("a@example.org", ["agents", "world models"], exclude=["robotics"])
+    sub("b@example.org", ["agents", "robotics"])
+    sub("c@example.org", ["agents", "diffusion"])
+    sub("d@example.org", ["protein folding"])
+    store.set_status("d@example.org", Status.PAUSED)  # paused: not read for
+
+    # topics and exclusions alike, by how many hold them, then by text; never authors
+    assert store.common_phrases(10) == ["agents", "robotics", "diffusion", "world models"]
+    assert store.common_phrases(2) == ["agents", "robotics"]
+
+
 def test_naive_datetimes_are_refused(store: Store) -> None:
     p = Paper(id="2608.00001", title="t", abstract="a")
     with pytest.raises(Exception, match="naive datetime"):

@@ -17,10 +17,12 @@ import sqlalchemy as sa
 
 from digestd import config as config_mod
 from digestd import pipeline, workers
+from digestd.daemon import Daemon
 from digestd.matcher import Corpus
 from digestd.matching import topics
-from digestd.models import Delivery, DeliveryStatus, Subscriber
+from digestd.models import Delivery, DeliveryStatus, Status, Subscriber
 from digestd.services import Services
+from digestd.subscribers import make_input
 from tests.smtp_server import SmtpServer
 from tests.test_pipeline import DAY1, NOW1, subscribe
 
@@ -147,7 +149,7 @@ def test_the_corpus_handed_to_send_processes_is_theirs_while_the_papers_stay_the
     assert corpus is not built and corpus == built  # size, rarity, acronyms, case
     assert list(corpus.docs) == list(built.docs) and corpus.postings == built.postings
     # and what was worked out on them (evidence as plain tuples, made evidence again as used)
-    assert corpus.memo and corpus.memo == {k: topics.portable(v) for k, v in built.memo.items()}
+    assert corpus.memo and corpus.memo == dict(topics.portable(built.memo.items()))
 
     papers, used = pipeline._Run.load(services, NOW1)
     assert used is corpus  # not analysed again
@@ -182,7 +184,7 @@ async def test_what_send_processes_read_is_kept_for_the_next_split_send(
     assert len(evidence) > len(TOPICS)
     for (_, text, pid), found in evidence.items():
         expected = topics.evidence(fresh.docs[pid], topics.compile_topic(text, fresh), fresh)
-        assert topics.Evidence(*found) == expected  # handed as a plain tuple
+        assert found == (expected.score, expected.why)  # handed as a plain tuple
 
     # The next split send (the next day's digests, from the same papers) is handed all of
     # it: its processes read nothing again.
@@ -198,6 +200,86 @@ async def test_what_send_processes_read_is_kept_for_the_next_split_send(
     services.store.add_papers([newer], seen_at=later)
     rebuilt, handed = pipeline.handed_corpus(services, later)
     assert rebuilt is not kept and not handed.readings
+
+
+async def test_topics_read_ahead_are_all_the_next_split_send_reads(
+    services: Services, smtp_server: SmtpServer
+) -> None:
+    # As the daemon after a fetch: the active subscribers' topics read once, in a process of
+    # their own, and kept here, each reading the same as one worked out in this process.
+    ahead = await workers.read_ahead(services, NOW1, asyncio.Event(), split_above=20)
+    assert ahead is not None and ahead.readings > len(TOPICS) and ahead.kept > 0
+    kept, handed = pipeline.handed_corpus(services, NOW1)
+    memo = pipeline.adopt_corpus(services.config, handed).memo
+    fresh = Corpus.of(kept.docs[pid].paper for pid in kept.docs)
+    evidence = {k: v for k, v in memo.items() if isinstance(k, tuple) and k[0] == "evidence"}
+    # (no paper of the day speaks of protein folding: nothing to read it against)
+    assert {text for _, text, _ in evidence} == set(TOPICS) - {"protein folding"}
+    for (_, text, pid), found in evidence.items():
+        expected = topics.evidence(fresh.docs[pid], topics.compile_topic(text, fresh), fresh)
+        assert found == (expected.score, expected.why)
+
+    # The split send that follows is handed all of it: its processes read nothing, and send
+    # what they would have sent reading it themselves.
+    expected_ids = {
+        f"reader{i}@example.org": {
+            m.paper.id for m in pipeline.preview(services, f"reader{i}@example.org", now=NOW1)[0]
+        }
+        for i in range(N)
+    }
+    summary = await pipeline.send_period(services, DAY1, now=NOW1, split_above=20)
+    assert summary.sent + summary.empty == N and summary.readings == 0
+    _check_once_each(services, smtp_server)
+    stored = {p.id for p, _ in services.store.papers_seen_since(NOW1 - timedelta(days=60))}
+    for email, ids in expected_ids.items():
+        sub = services.store.subscriber(email)
+        assert sub.id is not None
+        assert services.store.sent_paper_ids(sub.id, stored) == ids
+
+    # Reading ahead again on the same papers finds nothing left to read.
+    again = await workers.read_ahead(services, NOW1, asyncio.Event(), split_above=20)
+    assert again is not None and again.readings == 0
+
+
+async def test_reading_ahead_is_skipped_for_a_small_list_and_ends_on_a_stop(
+    services: Services,
+) -> None:
+    # N subscribers are never split (the default threshold): nothing to read ahead for.
+    assert await workers.read_ahead(services, NOW1, asyncio.Event()) is None
+    # Stopped (the daemon is shutting down): its process ends at once, nothing is kept.
+    stop = asyncio.Event()
+    stop.set()
+    assert await workers.read_ahead(services, NOW1, stop, split_above=20) is None
+    _, handed = pipeline.handed_corpus(services, NOW1)
+    assert not handed.readings
+
+
+async def test_the_daemon_reads_ahead_after_each_fetch(
+    write_config: Callable[..., Path], smtp_server: SmtpServer
+) -> None:
+    # A list just big enough to be split: the daemon's fetch job reads its topics ahead and
+    # keeps the readings for the first split send.
+    path = write_config(smtp__host=smtp_server.host, smtp__port=smtp_server.port,
+                        smtp__security="none", delivery__processes=2)  # fmt: skip
+    daemon = Daemon(config_mod.load(path), path)
+    try:
+        store = daemon.services.store
+        store.add_subscribers(
+            [
+                make_input(f"reader{i}@example.org", topics=[TOPICS[i % len(TOPICS)]])
+                for i in range(workers.SPLIT_ABOVE + 1)
+            ],
+            status=Status.ACTIVE,
+        )
+        await daemon.fetch_job()
+        assert daemon.state.last_fetch_ok is not None
+        _, handed = pipeline.handed_corpus(daemon.services, daemon.state.last_fetch_ok)
+        readings = pipeline.adopt_corpus(daemon.services.config, handed).memo
+        assert {k[1] for k in readings if isinstance(k, tuple) and k[0] == "evidence"} == set(
+            TOPICS
+        ) - {"protein folding"}
+    finally:
+        await daemon.services.aclose()
 
 
 _FORKSERVERS = """

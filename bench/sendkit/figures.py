@@ -81,6 +81,7 @@ def send_figures(workers: list[dict[str, Any]], wall: float) -> dict[str, Any]:
                 "tree_peak_pss_mib": w.get("tree_peak_pss_kib", 0) / MIB,
                 "tree_peak_rss_mib": w.get("tree_peak_rss_kib", 0) / MIB,
                 "rss_before_mib": w["rss_before_kib"] / MIB,
+                "read_ahead": w.get("read_ahead"),
             }
             for w in workers
         ],
@@ -126,6 +127,17 @@ def report(r: dict[str, Any]) -> str:
                 else " (the MTA, database server, other work)"
             )
         )
+    for i, w in enumerate(s["workers"]):
+        if a := w.get("read_ahead"):
+            lines.append(
+                f"read ahead  instance {i}: {a['seconds']:.1f} s before the send (not in its "
+                f"time; the daemon does it after each fetch), CPU {a['cpu_seconds']:.1f} s, "
+                f"{a['readings']:,} topic readings, {a['kept_bytes'] / 1e6:.1f} MB kept; its "
+                f"process at most {a['peak_rss_kib'] / MIB:.0f} MiB, all processes "
+                f"{a['tree_peak_pss_kib'] / MIB:.0f} MiB PSS"
+            )
+        elif r.get("cold"):
+            lines.append(f"read ahead  instance {i}: none (--cold): the send read the topics")
     if s["stages"]:
         lines.append(
             "stage           s   ms/subscriber  share (summed over instances and send processes)"

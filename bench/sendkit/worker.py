@@ -1,11 +1,13 @@
 """One send instance of the benchmark: a process that runs digestd's send path for one period.
 
     python -m bench.sendkit.worker --sample CONFIG NOW SAMPLE_FILE
-    python -m bench.sendkit.worker CONFIG PERIOD NOW
+    python -m bench.sendkit.worker CONFIG PERIOD NOW [--cold]
 
 Builds ``Services`` from CONFIG as ``digestd send`` does (and, if the send will be split, has
-the send processes' forkserver import, as the daemon does when it starts), prints one JSON
-line when ready,
+the send processes' forkserver import, as the daemon does when it starts), reads the
+subscribers' topics ahead as the daemon does after each fetch (`workers.read_ahead`; not
+with ``--cold``: the send then reads them, as the first after a restart of an earlier
+version did), prints one JSON line when ready,
 waits for a line on stdin (so that several instances start sending together), runs
 ``pipeline.send_period(services, PERIOD, now=NOW)`` and prints one JSON line with the
 summary, the wall and CPU seconds of the send (with those of the send processes it split the
@@ -111,6 +113,9 @@ class Sent:
     #: sampled peaks of this process and its descendants together (TreeMemory), KiB
     tree_peak_pss_kib: int
     tree_peak_rss_kib: int
+    #: reading ahead before the send (None: not done): wall seconds, CPU seconds and peak
+    #: RSS (KiB) of its process, readings worked out and bytes kept, peak PSS of all
+    ahead: dict[str, float] | None
 
 
 def _forkserver_up(services: Services) -> None:
@@ -199,11 +204,13 @@ def _forkserver_peak_kib() -> int:
     return 0
 
 
-async def run(config_path: Path, period: date, now: datetime) -> Sent:
-    """Build the services, say ready, wait for the go, and send, timing the send alone."""
+async def run(config_path: Path, period: date, now: datetime, *, cold: bool = False) -> Sent:
+    """Build the services, read ahead (unless ``cold``), say ready, wait for the go, and send,
+    timing the send alone."""
     config = config_mod.load(config_path)
     services = Services.build(config)
     _forkserver_up(services)
+    ahead = None if cold else await _read_ahead(services, now)
     _say(ready=True, pid=os.getpid(), rss_kib=rss_kib())
     await asyncio.to_thread(sys.stdin.readline)
     cpu, start = time.process_time(), time.perf_counter()
@@ -218,8 +225,25 @@ async def run(config_path: Path, period: date, now: datetime) -> Sent:
     children_rss = max((kib for _, kib in summary.processes), default=0)
     return Sent(
         summary, wall, cpu, children_rss, _forkserver_peak_kib(),
-        memory.peak_pss_kib, memory.peak_rss_kib,
+        memory.peak_pss_kib, memory.peak_rss_kib, ahead,
     )  # fmt: skip
+
+
+async def _read_ahead(services: Services, now: datetime) -> dict[str, float] | None:
+    """What the daemon does after a fetch, timed: `workers.read_ahead`."""
+    start = time.perf_counter()
+    with TreeMemory() as memory:
+        done = await workers.read_ahead(services, now, asyncio.Event())
+    if done is None:
+        return None
+    return {
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": done.cpu,
+        "peak_rss_kib": done.peak_rss_kib,
+        "readings": done.readings,
+        "kept_bytes": done.kept,
+        "tree_peak_pss_kib": memory.peak_pss_kib,
+    }
 
 
 def main() -> None:
@@ -231,8 +255,8 @@ def main() -> None:
         sample_digests(Path(config_path), datetime.fromisoformat(now), SAMPLE, Path(sample_file))
         return
     config_path, period, now = sys.argv[1:4]
-    when = datetime.fromisoformat(now)
-    sent = asyncio.run(run(Path(config_path), date.fromisoformat(period), when))
+    when, cold = datetime.fromisoformat(now), "--cold" in sys.argv[4:]
+    sent = asyncio.run(run(Path(config_path), date.fromisoformat(period), when, cold=cold))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     summary = sent.summary
     counts = {
@@ -252,6 +276,7 @@ def main() -> None:
         forkserver_peak_rss_kib=sent.forkserver_peak_rss_kib,
         tree_peak_pss_kib=sent.tree_peak_pss_kib,
         tree_peak_rss_kib=sent.tree_peak_rss_kib,
+        read_ahead=sent.ahead,
     )
 
 

@@ -15,7 +15,7 @@ held-out split shows they carry over.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from digestd.matching.corpus import Corpus, Doc, content_words
@@ -342,14 +342,25 @@ def remembered(doc: Doc, topic: Topic, corpus: Corpus) -> Evidence:
     return found
 
 
-def portable(value: object) -> object:
-    """A memo entry's value as it is handed to another process (a send process's readings,
-    `pipeline.new_readings`): evidence as a plain tuple, which pickles three times and
-    unpickles six times faster than the dataclass (a send process hands back 28,000 for
-    1,500 topics); `remembered` makes it evidence again where it is used."""
-    if isinstance(value, Evidence):
-        return (value.score, value.why, value.features)
-    return value
+def portable(items: Iterable[tuple[object, object]]) -> list[tuple[object, object]]:
+    """Memo entries as they are handed to another process (`pipeline.handed_corpus`, a send
+    process's readings: `pipeline.new_readings`).
+
+    Evidence goes as a plain (score, why) tuple, which pickles three times and unpickles six
+    times faster than the dataclass (28,000 of them for 1,500 topics); `remembered` makes it
+    evidence again where it is used. Its features stay behind: only the bench's fitting reads
+    them, never a send, and as a dozen float objects each they made up most of what the
+    readings took in every process they were handed to. The papers holding a topic's words
+    (`holders`) stay behind too: a few lookups to find again, and their ids would arrive as
+    new strings. Unpickled in each send process, what stayed behind cost 15 MB in each.
+    """
+    out: list[tuple[object, object]] = []
+    for key, value in items:
+        if isinstance(value, Evidence):
+            out.append((key, (value.score, value.why)))
+        elif not (isinstance(key, tuple) and key[:1] == ("holders",)):
+            out.append((key, value))
+    return out
 
 
 #: a paper holding no word of the topic: no reading can find anything

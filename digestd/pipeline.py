@@ -253,7 +253,26 @@ class _Run:
         """The papers of the window and their corpus (term rarity and acronyms, shared by
         every subscriber). The corpus is kept between runs while the papers stay the same
         (the daemon's tick runs every minute; the papers change once or twice a day), and
-        with it what it has worked out: topics read against papers for earlier sends."""
+        with it what it has worked out: topics read against papers for earlier sends.
+
+        No garbage collection meanwhile, and a corpus built kept out of later full ones
+        (until a run's end unfreezes it, `finish`). Reading and analysing a month of papers
+        allocates enough to set off a full collection, which scans every object of the
+        process holding the GIL: 70 ms in a daemon just started, up to 220 ms while the
+        forkserver imported beside it, with the web front's event loop waiting meanwhile
+        (this runs in a thread of its own)."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return cls._load(services, now)
+        finally:
+            if enabled:
+                gc.enable()
+
+    @classmethod
+    def _load(
+        cls, services: Services, now: datetime
+    ) -> tuple[list[tuple[Paper, datetime]], Corpus]:
         papers = services.store.papers_seen_since(now - MAX_AGE)
         key = (len(papers), *((p.id, seen) for p, seen in papers[:1] + papers[-1:]))
         url = services.config.database_url
@@ -263,6 +282,7 @@ class _Run:
             # the corpus's own paper objects: the matcher tells its papers by identity first
             return [(corpus.docs[p.id].paper, seen) for p, seen in papers], corpus
         corpus = Corpus.of(p for p, _ in papers)
+        gc.freeze()
         cls._corpora[url] = (key, corpus)
         cls._returned.pop(url, None)  # worked out on the papers as they were
         return papers, corpus

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import subprocess
 import sys
@@ -280,6 +281,28 @@ async def test_the_daemon_reads_ahead_after_each_fetch(
         ) - {"protein folding"}
     finally:
         await daemon.services.aclose()
+
+
+def test_building_the_corpus_sets_off_no_garbage_collection(services: Services) -> None:
+    # A full collection scans every object of the process holding the GIL: while the corpus
+    # is built in a thread (read ahead, a split send), the web front's event loop would wait.
+    full: list[str] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(phase)
+
+    pipeline._Run._corpora.pop(services.config.database_url, None)  # built anew
+    threshold = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)  # each generation collected as soon as it may be
+    gc.callbacks.append(seen)
+    try:
+        _, corpus = pipeline._Run.load(services, NOW1)
+    finally:
+        gc.callbacks.remove(seen)
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
+    assert len(corpus.docs) == 23 and full == []
 
 
 _FORKSERVERS = """

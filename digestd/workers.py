@@ -153,20 +153,18 @@ async def split(services: Services, job: Job, n: int, stop: asyncio.Event) -> Se
                 name=f"send-{number + 1}of{n}",
                 daemon=True,  # never outlives the daemon
             )
-            # In a thread: start() waits for the forkserver, which may still be importing
-            # (a daemon just started: 0.3 s of the web front's event loop), and pickles
-            # the corpus to it.
-            await asyncio.to_thread(process.start)
+            started.append((process, receive, halt))
+            await _start(process)
             result.close()  # the child holds the only writer: its exit means EOF here
             listen.close()  # and ours is the only writer of its halt pipe
-            started.append((process, receive, halt))
         log.info("send split over %d processes", n)
         results = await _results(started, stop)
     except BaseException:
         # Cancelled (the daemon's shutdown grace ran out) or failed: the processes stop too;
         # what they had claimed comes back when their leases end.
         for process, _, _ in started:
-            process.terminate()
+            if process.pid is not None:  # started
+                process.terminate()
         raise
     finally:
         for _, _, halt in started:
@@ -243,7 +241,12 @@ async def read_ahead(
         name="read-ahead",
         daemon=True,
     )
-    await asyncio.to_thread(process.start)  # as in `split`
+    try:
+        await _start(process)
+    except BaseException:
+        if process.pid is not None:
+            process.terminate()
+        raise
     result.close()
     waiting = asyncio.ensure_future(asyncio.to_thread(_result, process, receive))
     stopping = asyncio.ensure_future(stop.wait())
@@ -302,6 +305,20 @@ def _read_main(
         pass
     finally:
         result.close()
+
+
+async def _start(process: BaseProcess) -> None:
+    """``process.start()`` in a thread: it waits for the forkserver, which may still be
+    importing (in a daemon just started, 0.3 s that the web front's event loop waited), and
+    pickles the corpus to it. Cancelled meanwhile, it still waits for the start to end, so
+    that the caller knows whether there is a process to stop."""
+    starting = asyncio.ensure_future(asyncio.to_thread(process.start))
+    try:
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await starting
+        raise
 
 
 async def _results(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -253,6 +255,27 @@ async def test_reading_ahead_is_skipped_for_a_small_list_and_ends_on_a_stop(
     assert await workers.read_ahead(services, NOW1, stop, split_above=20) is None
     _, handed = pipeline.handed_corpus(services, NOW1)
     assert not handed.readings
+
+
+async def test_reading_ahead_cancelled_at_any_moment_leaves_no_process_behind(
+    services: Services,
+) -> None:
+    # The daemon's shutdown cancels what its grace did not let finish: whether that lands
+    # while the corpus is pickled, while the process starts or while it reads, no process
+    # may be left running. (multiprocessing.active_children() also reaps ended ones.)
+    for delay in (0.0, 0.01, 0.03, 0.06, 0.1, 0.2, 0.4):
+        task = asyncio.create_task(
+            workers.read_ahead(services, NOW1, asyncio.Event(), split_above=20)
+        )
+        await asyncio.sleep(delay)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if not multiprocessing.active_children():
+                break
+            await asyncio.sleep(0.05)
+        assert multiprocessing.active_children() == [], delay
 
 
 async def test_the_daemon_reads_ahead_after_each_fetch(

@@ -435,10 +435,10 @@ def new_readings(
     return len(fresh), _pieces(fresh, _HANDED_READINGS)
 
 
-def read_topics(services: Services, now: datetime, phrases: Sequence[str]) -> Corpus:
+def read_topics(services: Services, now: datetime, phrases: Sequence[str]) -> None:
     """Read each of ``phrases`` (topics, exclusions) against the papers a digest at ``now``
-    can hold, into the memo of the window's corpus, as a send's matching would; the corpus.
-    Done ahead of the sends by `workers.read_ahead`."""
+    can hold, into the memo of the window's corpus, as a send's matching would. Done ahead
+    of the sends by `workers.read_ahead`."""
     papers, corpus = _Run.load(services, now)
     since = now - timedelta(days=services.config.digest.lookback)
     fresh = [p for p, seen in papers if seen > since]
@@ -446,7 +446,6 @@ def read_topics(services: Services, now: datetime, phrases: Sequence[str]) -> Co
         # a profile of the phrase alone reads it against every paper holding one of its words:
         # the papers any profile holding it, as a topic or as an exclusion, can read it for
         rank(fresh, Profile(topics=(phrase,)), corpus=corpus)
-    return corpus
 
 
 def keep_readings(services: Services, corpus: Corpus, pieces: Sequence[bytes]) -> int:

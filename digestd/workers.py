@@ -241,22 +241,18 @@ async def read_ahead(
         name="read-ahead",
         daemon=True,
     )
-    try:
-        await _start(process)
-    except BaseException:
-        if process.pid is not None:
-            process.terminate()
-        raise
-    result.close()
-    waiting = asyncio.ensure_future(asyncio.to_thread(_result, process, receive))
     stopping = asyncio.ensure_future(stop.wait())
     try:
+        await _start(process)
+        result.close()
+        waiting = asyncio.ensure_future(asyncio.to_thread(_result, process, receive))
         await asyncio.wait((waiting, stopping), return_when=asyncio.FIRST_COMPLETED)
         if not waiting.done():
             process.terminate()  # it only reads: nothing is lost
         report: tuple[int, list[bytes], tuple[float, int]] | None = await waiting
     except BaseException:
-        process.terminate()
+        if process.pid is not None:  # started
+            process.terminate()
         raise
     finally:
         stopping.cancel()

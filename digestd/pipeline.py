@@ -12,6 +12,7 @@ import pickle
 import random
 import re
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -213,6 +214,36 @@ class Stages:
             self.seconds[name] += time.perf_counter() - started
 
 
+class _Pauses:
+    """The garbage collector paused while any of several threads needs it to be: a thread
+    done first does not switch it back on under another that still needs it paused (a
+    cancelled read-ahead's load finishing in its thread while a send's load builds a corpus).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._was_enabled = False
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        with self._lock:
+            if not self._count:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._count -= 1
+                if not self._count and self._was_enabled:
+                    gc.enable()
+
+
+_COLLECTOR = _Pauses()
+
+
 class _Run:
     """State of one send run: the papers window loaded once, shared by every subscriber."""
 
@@ -260,14 +291,9 @@ class _Run:
         allocates enough to set off a full collection, which scans every object of the
         process holding the GIL: 70 ms in a daemon just started, up to 220 ms while the
         forkserver imported beside it, with the web front's event loop waiting meanwhile
-        (this runs in a thread of its own)."""
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        (this runs in a thread of its own, and may run in several at once)."""
+        with _COLLECTOR.paused():
             return cls._load(services, now)
-        finally:
-            if enabled:
-                gc.enable()
 
     @classmethod
     def _load(

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -309,15 +310,18 @@ async def test_the_daemon_reads_ahead_after_each_fetch(
 def test_building_the_corpus_sets_off_no_garbage_collection(services: Services) -> None:
     # A full collection scans every object of the process holding the GIL: while the corpus
     # is built in a thread (read ahead, a split send), the web front's event loop would wait.
-    full: list[str] = []
+    # With each generation collected as soon as it may be, building it unpaused would start
+    # thousands of collections (one per allocation, some full ones among them, as enough
+    # objects are promoted); paused, only the few allocations before the pause takes hold can.
+    started: Counter[int] = Counter()
 
     def seen(phase: str, info: dict[str, int]) -> None:
-        if phase == "start" and info["generation"] == 2:
-            full.append(phase)
+        if phase == "start":
+            started[info["generation"]] += 1
 
     pipeline._Run._corpora.pop(services.config.database_url, None)  # built anew
     threshold = gc.get_threshold()
-    gc.set_threshold(1, 1, 1)  # each generation collected as soon as it may be
+    gc.set_threshold(1, 1, 1)
     gc.callbacks.append(seen)
     try:
         _, corpus = pipeline._Run.load(services, NOW1)
@@ -325,7 +329,38 @@ def test_building_the_corpus_sets_off_no_garbage_collection(services: Services) 
         gc.callbacks.remove(seen)
         gc.set_threshold(*threshold)
         gc.unfreeze()
-    assert len(corpus.docs) == 23 and full == []
+    assert len(corpus.docs) == 23
+    assert sum(started.values()) <= 10, started
+
+
+def test_the_collector_stays_paused_until_the_last_load_that_paused_it_ends() -> None:
+    # Loads run in threads, several at once at times (a cancelled read-ahead's load goes on
+    # in its thread while a send's starts): the first to end must not switch the collector
+    # back on under one still building a corpus.
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def first() -> None:
+        with pipeline._COLLECTOR.paused():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(5)
+        with pipeline._COLLECTOR.paused():
+            second_in.set()
+            first_out.wait(5)
+            seen.append(gc.isenabled())
+
+    assert gc.isenabled()
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == [False]  # still paused after the first ended
+    assert gc.isenabled()  # and on again after the last
 
 
 _FORKSERVERS = """

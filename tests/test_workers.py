@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -256,6 +257,44 @@ async def test_reading_ahead_is_skipped_for_a_small_list_and_ends_on_a_stop(
     assert await workers.read_ahead(services, NOW1, stop, split_above=20) is None
     _, handed = pipeline.handed_corpus(services, NOW1)
     assert not handed.readings
+
+
+async def test_a_read_ahead_that_dies_costs_the_send_nothing_but_its_own_reading(
+    services: Services, smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its process killed mid-way (as the kernel's OOM killer would): the read-ahead says it
+    # failed and keeps nothing; the split send that follows reads the topics itself and
+    # sends every digest once, with the papers it would have sent anyway.
+    async def kill_it() -> None:
+        while True:
+            for child in multiprocessing.active_children():
+                if child.name == "read-ahead" and child.pid is not None:
+                    os.kill(child.pid, signal.SIGKILL)
+                    return
+            await asyncio.sleep(0.002)
+
+    killer = asyncio.create_task(kill_it())
+    ahead = await workers.read_ahead(services, NOW1, asyncio.Event(), split_above=20)
+    assert killer.done()
+    assert ahead is None
+    assert "reading ahead failed (exit code -9)" in caplog.text
+    _, handed = pipeline.handed_corpus(services, NOW1)
+    assert not handed.readings
+
+    expected = {
+        f"reader{i}@example.org": {
+            m.paper.id for m in pipeline.preview(services, f"reader{i}@example.org", now=NOW1)[0]
+        }
+        for i in range(N)
+    }
+    summary = await pipeline.send_period(services, DAY1, now=NOW1, split_above=20)
+    assert summary.sent + summary.empty == N and summary.failed == 0
+    _check_once_each(services, smtp_server)
+    stored = {p.id for p, _ in services.store.papers_seen_since(NOW1 - timedelta(days=60))}
+    for email, ids in expected.items():
+        sub = services.store.subscriber(email)
+        assert sub.id is not None
+        assert services.store.sent_paper_ids(sub.id, stored) == ids
 
 
 async def test_reading_ahead_cancelled_at_any_moment_leaves_no_process_behind(

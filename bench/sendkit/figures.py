@@ -80,6 +80,7 @@ def send_figures(workers: list[dict[str, Any]], wall: float) -> dict[str, Any]:
                 "forkserver_peak_rss_mib": w.get("forkserver_peak_rss_kib", 0) / MIB,
                 "tree_peak_pss_mib": w.get("tree_peak_pss_kib", 0) / MIB,
                 "tree_peak_rss_mib": w.get("tree_peak_rss_kib", 0) / MIB,
+                "sampling_cpu_seconds": w.get("sampling_cpu", 0.0),
                 "rss_before_mib": w["rss_before_kib"] / MIB,
                 "read_ahead": w.get("read_ahead"),
             }
@@ -177,9 +178,10 @@ def report(r: dict[str, Any]) -> str:
                 )
         if w.get("tree_peak_pss_mib"):
             line += (
-                f"\n            all its processes together, sampled every 0.5 s: peak "
+                f"\n            all its processes together, sampled every second: peak "
                 f"{w['tree_peak_pss_mib']:.0f} MiB PSS (shared pages split between them), "
-                f"{w['tree_peak_rss_mib']:.0f} MiB RSS"
+                f"{w['tree_peak_rss_mib']:.0f} MiB RSS (the sampling: "
+                f"{w['sampling_cpu_seconds']:.2f} s of CPU, not in the instance's)"
             )
         lines.append(line)
     if server["messages"]:

@@ -17,7 +17,8 @@
    same database (sharing the work through the ledger), each with `[smtp] pool_size`
    connections, and measures digests/s over the slowest worker, the time per stage the send
    summary reports, each worker's peak RSS and that of its largest send process, and the
-   PSS and RSS of all its processes together, sampled every 0.5 s.
+   PSS and RSS of all its processes together, sampled every second (what the sampling
+   itself takes is printed beside it and left out of the worker's CPU).
 5. In the same run, as the reference: the raw rate of a blast of a sample of the very digests
    sent, pre-built, over as many aiosmtplib connections, to the same server.
 

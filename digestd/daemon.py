@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +28,10 @@ from digestd.web.context import Web
 
 log = logging.getLogger(__name__)
 FETCH_RETRY_MAX = timedelta(minutes=30)
+#: how long an instance whose fetch was skipped waits for the one fetching, and how often it
+#: looks, before it reads the topics ahead
+FETCH_WAIT = timedelta(minutes=10)
+FETCH_WAIT_STEP = 1.0
 
 
 class _Server(uvicorn.Server):
@@ -82,6 +87,8 @@ class Daemon:
             self.app.state.web.subscriptions.purge_unconfirmed(now=now)
         except Exception:
             log.exception("purging unconfirmed requests failed")
+        if result.skipped and not await self._other_fetch_done():
+            return
         try:
             # The day's topics read against the papers now, once, not by the first big send's
             # processes each (`workers.read_ahead`); also when another instance fetched.
@@ -89,6 +96,19 @@ class Daemon:
                 await workers.read_ahead(self.services, now, self.stop_sending)
         except Exception:
             log.exception("reading the topics ahead failed; the sends read them themselves")
+
+    async def _other_fetch_done(self) -> bool:
+        """Wait while another instance fetches (it holds the fetch lock), at most FETCH_WAIT:
+        the topics are to be read against the papers it is storing, not the ones before. Sends
+        go on meanwhile (the busy lock is not held). False: stopping."""
+        deadline = time.monotonic() + FETCH_WAIT.total_seconds()
+        store = self.services.store
+        while time.monotonic() < deadline and await asyncio.to_thread(store.held, "fetch"):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_sending.wait(), FETCH_WAIT_STEP)
+            if self.stop_sending.is_set():
+                return False
+        return not self.stop_sending.is_set()
 
     async def tick_job(self) -> None:
         if self.stop_sending.is_set():

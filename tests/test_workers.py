@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from digestd import config as config_mod
+from digestd import daemon as daemon_mod
 from digestd import pipeline, workers
 from digestd.daemon import Daemon
 from digestd.matcher import Corpus
@@ -28,6 +29,7 @@ from digestd.matching import topics
 from digestd.models import Delivery, DeliveryStatus, Status, Subscriber
 from digestd.services import Services
 from digestd.subscribers import make_input
+from tests.conftest import POSTGRES
 from tests.smtp_server import SmtpServer
 from tests.test_pipeline import DAY1, NOW1, subscribe
 
@@ -342,6 +344,53 @@ async def test_the_daemon_reads_ahead_after_each_fetch(
         assert {k[1] for k in readings if isinstance(k, tuple) and k[0] == "evidence"} == set(
             TOPICS
         ) - {"protein folding"}
+    finally:
+        await daemon.services.aclose()
+
+
+@pytest.mark.skipif(not POSTGRES, reason="several instances share PostgreSQL only")
+async def test_an_instance_whose_fetch_is_skipped_reads_ahead_once_the_other_has_stored(
+    write_config: Callable[..., Path], smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another instance holds the fetch lock: this one's fetch is skipped, and it reads the
+    # topics ahead only once the other has stored its papers and let go, not at once against
+    # the papers as they were (readings it would have dropped with that corpus).
+    monkeypatch.setattr(daemon_mod, "FETCH_WAIT_STEP", 0.05)
+    path = write_config(smtp__host=smtp_server.host, smtp__port=smtp_server.port,
+                        smtp__security="none", delivery__processes=2)  # fmt: skip
+    daemon = Daemon(config_mod.load(path), path)
+    try:
+        store = daemon.services.store
+        store.add_subscribers(
+            [
+                make_input(f"reader{i}@example.org", topics=[TOPICS[i % len(TOPICS)]])
+                for i in range(workers.SPLIT_ABOVE + 1)
+            ],
+            status=Status.ACTIVE,
+        )
+        with store.exclusive("fetch") as mine:  # the other instance, fetching
+            assert mine
+            job = asyncio.create_task(daemon.fetch_job())
+            await asyncio.sleep(0.5)
+            assert not job.done()  # waiting for the other instance
+            assert not daemon._busy.locked()  # and not keeping the sends waiting meanwhile
+            now = datetime.now(UTC)
+            papers = await daemon.services.sources[0].fetch(now.date())
+            store.add_papers(papers, seen_at=now)
+        await asyncio.wait_for(job, 60)
+        corpus, handed = pipeline.handed_corpus(daemon.services, datetime.now(UTC))
+        assert set(corpus.docs) == {p.id for p in papers}
+        readings = pipeline.adopt_corpus(daemon.services.config, handed).memo
+        assert {k[1] for k in readings if isinstance(k, tuple) and k[0] == "evidence"} == set(
+            TOPICS
+        ) - {"protein folding"}
+
+        # Stopping while it waits ends the job at once, without reading ahead.
+        with store.exclusive("fetch"):
+            job = asyncio.create_task(daemon.fetch_job())
+            await asyncio.sleep(0.2)
+            daemon.stop_sending.set()
+            await asyncio.wait_for(job, 5)
     finally:
         await daemon.services.aclose()
 

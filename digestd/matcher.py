@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from digestd.matching.authors import name_key
 from digestd.matching.corpus import Corpus
-from digestd.matching.lexical import Preferences, exclusion, interest
+from digestd.matching.lexical import Preferences, exclusion, interest, needed, strongest
 from digestd.matching.similar import PULL, PUSH, Space, closest, short, voted
 from digestd.matching.text import terms
 from digestd.paper import Paper
@@ -83,8 +83,15 @@ _Scored = tuple[float, float, Paper, list[str]]
 
 
 def _scored(
-    papers: Sequence[Paper], profile: Profile, sent: Collection[str], corpus: Corpus | None
+    papers: Sequence[Paper],
+    profile: Profile,
+    sent: Collection[str],
+    corpus: Corpus | None,
+    *,
+    selecting: bool = False,
 ) -> list[_Scored]:
+    """Every paper scoring above 0, best first; ``selecting``: only those that can reach
+    the profile's min_score (the rest, `select` would drop)."""
     candidates = [p for p in {p.id: p for p in papers}.values() if p.id not in sent]
     if corpus is None:
         corpus = Corpus.of(candidates)
@@ -105,8 +112,20 @@ def _scored(
         space = Space.of(docs)
         liked = voted([corpus.doc(p) for p in profile.liked], space)
         disliked = voted([corpus.doc(p) for p in profile.disliked], space)
+    # Selecting (a send): a paper whose best topic is too weak to reach the minimum score
+    # whatever else it meets is passed over after one look at its readings. Most of a
+    # profile's papers are such (they hold a common word of a topic), and scoring each in
+    # full was most of a send's matching.
+    need = needed(prefs, profile.min_score) if selecting and not (liked or disliked) else 0.0
     out: list[_Scored] = []
     for paper, doc in zip(candidates, docs, strict=True):
+        if (
+            need
+            and paper.id not in prefs.authored
+            and corpus.docs.get(paper.id) is doc
+            and strongest(doc, prefs) < need
+        ):
+            continue
         score, reasons, weak = interest(doc, prefs)
         if liked or disliked:
             vector = space.vector(doc)
@@ -160,10 +179,11 @@ def match(
     sent: Collection[str] = (),
     corpus: Corpus | None = None,
 ) -> list[Match]:
-    """``select(rank(...))``, with only the papers selected worded (a send's way: it ranks
-    every subscriber's papers and keeps a few)."""
+    """``select(rank(...))``, the same papers worded the same, found a send's way: it ranks
+    every subscriber's papers and keeps a few, so papers that cannot reach the minimum score
+    are passed over unscored and only the papers selected are worded."""
     chosen: list[Match] = []
-    for scored in _scored(papers, profile, sent, corpus):
+    for scored in _scored(papers, profile, sent, corpus, selecting=True):
         if len(chosen) >= profile.max_papers or scored[1] < profile.min_score:
             break
         chosen.append(_match(*scored))

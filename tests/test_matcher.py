@@ -285,3 +285,30 @@ def test_a_compound_is_one_mention_and_the_why_line_the_same_in_every_process() 
                              text=True, check=True, cwd=Path(__file__).parent.parent)  # fmt: skip
         outputs.add(run.stdout)
     assert len(outputs) == 1
+
+
+@pytest.mark.parametrize("min_score", [0.05, 0.2, 0.35, 0.5, 0.8])
+def test_matching_for_a_send_picks_what_ranking_then_selecting_picks(min_score: float) -> None:
+    # A send matches with `match`, which passes over papers whose best topic is too weak to
+    # reach the minimum score whatever else they meet; previews rank everything. Both must
+    # pick the same papers, worded the same, whatever the profile holds.
+    import random
+
+    days = sorted(HF_DAYS.glob("*.json"))
+    papers = [
+        replace(p, categories=("cs.CL",) if i % 3 == 0 else ("cs.CV", "cs.LG"))
+        for i, p in enumerate(p for day in days for p in jsonfile.load(day))
+    ]
+    corpus = Corpus.of(papers)
+    keywords = sorted({k for p in papers for k in p.keywords})
+    rng = random.Random(20261128)
+    for i in range(150):
+        profile = Profile(
+            topics=tuple(rng.sample(keywords, rng.randint(1, 4))),
+            exclude=tuple(rng.sample(keywords, 1)) if i % 5 == 0 else (),
+            authors=(rng.choice(rng.choice(papers).authors),) if i % 4 == 0 else (),
+            categories=("cs.CL",) if i % 3 == 0 else (),
+            min_score=min_score,
+        )
+        ranked = rank(papers, profile, corpus=corpus)
+        assert match(papers, profile, corpus=corpus) == select(ranked, profile), profile

@@ -3,12 +3,14 @@ exclusions. Feedback and semantic similarity are layered on top by `digestd.matc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from digestd.matching.authors import Name
 from digestd.matching.corpus import Corpus, Doc
 from digestd.matching.topics import (
+    SECOND,
     Topic,
     combine,
     compile_topic,
@@ -141,6 +143,41 @@ def interest(doc: Doc, prefs: Preferences) -> tuple[float, list[str], str]:
         s = max(s, CATEGORY_ONLY) if not prefs.topics else s + CATEGORY_BOOST * (1 - s)
         reasons.append("in " + ", ".join(cats))
     return min(s, 1.0), reasons, hits[0][1] if hits else ""
+
+
+#: below the least score needed by this much: a score shown rounded to 4 places never passes
+_ROUNDING = 1e-3
+
+
+def needed(prefs: Preferences, min_score: float) -> float:
+    """The least score for its best topic with which a paper by no followed author may still
+    reach ``min_score`` in `interest`. At best the next topic scores as much as the best and
+    adds SECOND of the room it leaves (s + SECOND·s·(1 - s), rising in s), and a category
+    asked for adds CATEGORY_BOOST of what is left; an exclusion only lowers. 0: no topics
+    (a category alone scores), or any paper may."""
+    if not prefs.topics:
+        return 0.0
+    target = min_score - _ROUNDING
+    if prefs.categories:
+        target = (target - CATEGORY_BOOST) / (1 - CATEGORY_BOOST)
+    if target <= 0:
+        return 0.0
+    a = SECOND  # solve s + a·s·(1 - s) = target for s in [0, 1]
+    return ((1 + a) - math.sqrt((1 + a) ** 2 - 4 * a * min(target, 1.0))) / (2 * a)
+
+
+def strongest(doc: Doc, prefs: Preferences) -> float:
+    """The score of the paper's best topic; ``doc`` must be the corpus's own (the readings
+    `interest` takes, remembered: `interest` reads them again for the papers kept)."""
+    corpus = prefs.corpus
+    pid = doc.paper.id
+    best = 0.0
+    for topic, holding in zip(prefs.topics, prefs.holding, strict=True):
+        if pid in holding:
+            s = remembered(doc, topic, corpus).score
+            if s > best:
+                best = s
+    return best
 
 
 def exclusion(doc: Doc, prefs: Preferences) -> tuple[float, str]:

@@ -393,6 +393,10 @@ def _floor(x: Sequence[float]) -> float:
     return 0.0
 
 
+#: what the second topic a paper meets adds, as a share of the room the best one leaves
+SECOND = 0.25
+
+
 def combine(scores: Sequence[float]) -> float:
     """Several topics met: the best, plus a little for the next (interests meeting)."""
     ordered = sorted(scores, reverse=True)
@@ -400,5 +404,5 @@ def combine(scores: Sequence[float]) -> float:
         return 0.0
     s = ordered[0]
     if len(ordered) > 1:
-        s += 0.25 * ordered[1] * (1 - s)
+        s += SECOND * ordered[1] * (1 - s)
     return s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import functools
 import gc
@@ -260,8 +261,11 @@ class _Run:
         self.services = services
         self.now = now
         self._started = time.monotonic()
-        self.papers = papers
+        self.papers = papers  # oldest first (`Store.papers_seen_since`)
         self.by_id = {p.id: p for p, _ in papers}
+        # for `matches`: the papers seen after a time are a tail of these, found by bisection
+        self._seen = [seen for _, seen in papers]
+        self._in_order = [p for p, _ in papers]
         self.corpus = corpus
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.stop = stop or asyncio.Event()
@@ -367,7 +371,9 @@ class _Run:
         sent: Collection[str],
         votes: tuple[tuple[Paper, ...], tuple[Paper, ...]],
     ) -> list[Match]:
-        fresh = [p for p, seen in self.papers if seen > since and p.id not in sent]
+        fresh = self._in_order[bisect.bisect_right(self._seen, since) :]
+        if sent:
+            fresh = [p for p in fresh if p.id not in sent]
         profile = profile_of(sub, prefs, votes)
         return match(fresh, profile, corpus=self.corpus)
 

@@ -67,14 +67,30 @@ def _check_once_each(services: Services, smtp_server: SmtpServer) -> list[Delive
     return [r for r, _ in rows]
 
 
+def _previews(services: Services) -> dict[str, set[str]]:
+    """What a preview in this process picks for each reader, by address."""
+    return {
+        f"reader{i}@example.org": {
+            m.paper.id for m in pipeline.preview(services, f"reader{i}@example.org", now=NOW1)[0]
+        }
+        for i in range(N)
+    }
+
+
+def _check_sent_as_previewed(services: Services, expected: dict[str, set[str]]) -> None:
+    """Each reader was sent exactly the papers its preview picked."""
+    stored = {p.id for p, _ in services.store.papers_seen_since(NOW1 - timedelta(days=60))}
+    for email, ids in expected.items():
+        sub = services.store.subscriber(email)
+        assert sub.id is not None
+        assert services.store.sent_paper_ids(sub.id, stored) == ids
+
+
 async def test_a_big_send_is_split_over_processes_and_sends_each_digest_once(
     services: Services, smtp_server: SmtpServer
 ) -> None:
     # What each reader would be sent, worked out here, with a corpus built in this process.
-    expected = {}
-    for i in range(N):
-        email = f"reader{i}@example.org"
-        expected[email] = {m.paper.id for m in pipeline.preview(services, email, now=NOW1)[0]}
+    expected = _previews(services)
 
     summary = await pipeline.send_period(services, DAY1, now=NOW1, split_above=20)
 
@@ -82,11 +98,7 @@ async def test_a_big_send_is_split_over_processes_and_sends_each_digest_once(
     assert len(rows) == N and summary.sent + summary.empty == N
     # The send processes, with the corpus this process handed them, picked the same papers.
     assert sum(map(bool, expected.values())) == summary.sent
-    stored = {p.id for p, _ in services.store.papers_seen_since(NOW1 - timedelta(days=60))}
-    for email, ids in expected.items():
-        sub = services.store.subscriber(email)
-        assert sub.id is not None
-        assert services.store.sent_paper_ids(sub.id, stored) == ids
+    _check_sent_as_previewed(services, expected)
     # Each process reported what it cost.
     assert len(summary.processes) == 2
     assert all(cpu > 0 and rss_kib > 10_000 for cpu, rss_kib in summary.processes)
@@ -228,20 +240,11 @@ async def test_topics_read_ahead_are_all_the_next_split_send_reads(
 
     # The split send that follows is handed all of it: its processes read nothing, and send
     # what they would have sent reading it themselves.
-    expected_ids = {
-        f"reader{i}@example.org": {
-            m.paper.id for m in pipeline.preview(services, f"reader{i}@example.org", now=NOW1)[0]
-        }
-        for i in range(N)
-    }
+    expected = _previews(services)
     summary = await pipeline.send_period(services, DAY1, now=NOW1, split_above=20)
     assert summary.sent + summary.empty == N and summary.readings == 0
     _check_once_each(services, smtp_server)
-    stored = {p.id for p, _ in services.store.papers_seen_since(NOW1 - timedelta(days=60))}
-    for email, ids in expected_ids.items():
-        sub = services.store.subscriber(email)
-        assert sub.id is not None
-        assert services.store.sent_paper_ids(sub.id, stored) == ids
+    _check_sent_as_previewed(services, expected)
 
     # Reading ahead again on the same papers finds nothing left to read.
     again = await workers.read_ahead(services, NOW1, asyncio.Event(), split_above=20)
@@ -283,20 +286,11 @@ async def test_a_read_ahead_that_dies_costs_the_send_nothing_but_its_own_reading
     _, handed = pipeline.handed_corpus(services, NOW1)
     assert not handed.readings
 
-    expected = {
-        f"reader{i}@example.org": {
-            m.paper.id for m in pipeline.preview(services, f"reader{i}@example.org", now=NOW1)[0]
-        }
-        for i in range(N)
-    }
+    expected = _previews(services)
     summary = await pipeline.send_period(services, DAY1, now=NOW1, split_above=20)
     assert summary.sent + summary.empty == N and summary.failed == 0
     _check_once_each(services, smtp_server)
-    stored = {p.id for p, _ in services.store.papers_seen_since(NOW1 - timedelta(days=60))}
-    for email, ids in expected.items():
-        sub = services.store.subscriber(email)
-        assert sub.id is not None
-        assert services.store.sent_paper_ids(sub.id, stored) == ids
+    _check_sent_as_previewed(services, expected)
 
 
 async def test_reading_ahead_cancelled_at_any_moment_leaves_no_process_behind(
@@ -320,32 +314,44 @@ async def test_reading_ahead_cancelled_at_any_moment_leaves_no_process_behind(
         assert multiprocessing.active_children() == [], delay
 
 
-async def test_the_daemon_reads_ahead_after_each_fetch(
+@contextlib.asynccontextmanager
+async def _split_list_daemon(
     write_config: Callable[..., Path], smtp_server: SmtpServer
-) -> None:
-    # A list just big enough to be split: the daemon's fetch job reads its topics ahead and
-    # keeps the readings for the first split send.
+) -> AsyncIterator[Daemon]:
+    """A daemon, not running, whose list is just big enough to be split."""
     path = write_config(smtp__host=smtp_server.host, smtp__port=smtp_server.port,
                         smtp__security="none", delivery__processes=2)  # fmt: skip
     daemon = Daemon(config_mod.load(path), path)
     try:
-        store = daemon.services.store
-        store.add_subscribers(
+        daemon.services.store.add_subscribers(
             [
                 make_input(f"reader{i}@example.org", topics=[TOPICS[i % len(TOPICS)]])
                 for i in range(workers.SPLIT_ABOVE + 1)
             ],
             status=Status.ACTIVE,
         )
-        await daemon.fetch_job()
-        assert daemon.state.last_fetch_ok is not None
-        _, handed = pipeline.handed_corpus(daemon.services, daemon.state.last_fetch_ok)
-        readings = pipeline.adopt_corpus(daemon.services.config, handed).memo
-        assert {k[1] for k in readings if isinstance(k, tuple) and k[0] == "evidence"} == set(
-            TOPICS
-        ) - {"protein folding"}
+        yield daemon
     finally:
         await daemon.services.aclose()
+
+
+def _topics_kept(daemon: Daemon, now: datetime) -> set[str]:
+    """The topics whose readings the daemon keeps for its next split send at ``now``."""
+    _, handed = pipeline.handed_corpus(daemon.services, now)
+    readings = pipeline.adopt_corpus(daemon.services.config, handed).memo
+    return {k[1] for k in readings if isinstance(k, tuple) and k[0] == "evidence"}
+
+
+async def test_the_daemon_reads_ahead_after_each_fetch(
+    write_config: Callable[..., Path], smtp_server: SmtpServer
+) -> None:
+    # The daemon's fetch job reads the topics ahead and keeps the readings for the first
+    # split send (no paper of the day speaks of protein folding).
+    async with _split_list_daemon(write_config, smtp_server) as daemon:
+        await daemon.fetch_job()
+        assert daemon.state.last_fetch_ok is not None
+        kept = _topics_kept(daemon, daemon.state.last_fetch_ok)
+        assert kept == set(TOPICS) - {"protein folding"}
 
 
 @pytest.mark.skipif(not POSTGRES, reason="several instances share PostgreSQL only")
@@ -356,18 +362,8 @@ async def test_an_instance_whose_fetch_is_skipped_reads_ahead_once_the_other_has
     # topics ahead only once the other has stored its papers and let go, not at once against
     # the papers as they were (readings it would have dropped with that corpus).
     monkeypatch.setattr(daemon_mod, "FETCH_WAIT_STEP", 0.05)
-    path = write_config(smtp__host=smtp_server.host, smtp__port=smtp_server.port,
-                        smtp__security="none", delivery__processes=2)  # fmt: skip
-    daemon = Daemon(config_mod.load(path), path)
-    try:
+    async with _split_list_daemon(write_config, smtp_server) as daemon:
         store = daemon.services.store
-        store.add_subscribers(
-            [
-                make_input(f"reader{i}@example.org", topics=[TOPICS[i % len(TOPICS)]])
-                for i in range(workers.SPLIT_ABOVE + 1)
-            ],
-            status=Status.ACTIVE,
-        )
         with store.exclusive("fetch") as mine:  # the other instance, fetching
             assert mine
             job = asyncio.create_task(daemon.fetch_job())
@@ -378,12 +374,9 @@ async def test_an_instance_whose_fetch_is_skipped_reads_ahead_once_the_other_has
             papers = await daemon.services.sources[0].fetch(now.date())
             store.add_papers(papers, seen_at=now)
         await asyncio.wait_for(job, 60)
-        corpus, handed = pipeline.handed_corpus(daemon.services, datetime.now(UTC))
+        corpus, _ = pipeline.handed_corpus(daemon.services, datetime.now(UTC))
         assert set(corpus.docs) == {p.id for p in papers}
-        readings = pipeline.adopt_corpus(daemon.services.config, handed).memo
-        assert {k[1] for k in readings if isinstance(k, tuple) and k[0] == "evidence"} == set(
-            TOPICS
-        ) - {"protein folding"}
+        assert _topics_kept(daemon, datetime.now(UTC)) == set(TOPICS) - {"protein folding"}
 
         # Stopping while it waits ends the job at once, without reading ahead.
         with store.exclusive("fetch"):
@@ -391,8 +384,6 @@ async def test_an_instance_whose_fetch_is_skipped_reads_ahead_once_the_other_has
             await asyncio.sleep(0.2)
             daemon.stop_sending.set()
             await asyncio.wait_for(job, 5)
-    finally:
-        await daemon.services.aclose()
 
 
 def test_building_the_corpus_sets_off_no_garbage_collection(services: Services) -> None:

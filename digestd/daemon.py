@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -102,8 +103,8 @@ class Daemon:
         the topics are to be read against the papers it is storing, not the ones before. Sends
         go on meanwhile (the busy lock is not held). False: stopping."""
         deadline = time.monotonic() + FETCH_WAIT.total_seconds()
-        store = self.services.store
-        while time.monotonic() < deadline and await asyncio.to_thread(store.held, "fetch"):
+        held = functools.partial(self.services.store.held, pipeline.FETCH_LOCK)
+        while time.monotonic() < deadline and await asyncio.to_thread(held):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_sending.wait(), FETCH_WAIT_STEP)
             if self.stop_sending.is_set():

@@ -90,8 +90,8 @@ def _scored(
     *,
     selecting: bool = False,
 ) -> list[_Scored]:
-    """Every paper scoring above 0, best first; ``selecting``: only those that can reach
-    the profile's min_score (the rest, `select` would drop)."""
+    """Every paper scoring above 0, best first; ``selecting``: without those that cannot
+    reach the profile's min_score (`select` would drop them)."""
     candidates = [p for p in {p.id: p for p in papers}.values() if p.id not in sent]
     if corpus is None:
         corpus = Corpus.of(candidates)

@@ -104,13 +104,17 @@ class SendSummary:
         setattr(self, name, getattr(self, name) + 1)
 
 
+#: the lock (`Store.exclusive`) that one instance at a time holds while it fetches
+FETCH_LOCK = "fetch"
+
+
 async def fetch(services: Services, day: date, *, now: datetime | None = None) -> FetchResult:
     """Fetch every configured source for ``day`` and store the papers not seen before.
 
     A failing source is reported and the others still stored; FeedError only when all fail.
     """
     now = now or datetime.now(UTC)
-    with services.store.exclusive("fetch") as mine:
+    with services.store.exclusive(FETCH_LOCK) as mine:
         if not mine:
             # Several instances on one database: one fetches, the others use what it stores.
             log.info("another instance is fetching now; not fetching here")

@@ -364,7 +364,7 @@ async def test_an_instance_whose_fetch_is_skipped_reads_ahead_once_the_other_has
     monkeypatch.setattr(daemon_mod, "FETCH_WAIT_STEP", 0.05)
     async with _split_list_daemon(write_config, smtp_server) as daemon:
         store = daemon.services.store
-        with store.exclusive("fetch") as mine:  # the other instance, fetching
+        with store.exclusive(pipeline.FETCH_LOCK) as mine:  # the other instance, fetching
             assert mine
             job = asyncio.create_task(daemon.fetch_job())
             await asyncio.sleep(0.5)
@@ -379,7 +379,7 @@ async def test_an_instance_whose_fetch_is_skipped_reads_ahead_once_the_other_has
         assert _topics_kept(daemon, datetime.now(UTC)) == set(TOPICS) - {"protein folding"}
 
         # Stopping while it waits ends the job at once, without reading ahead.
-        with store.exclusive("fetch"):
+        with store.exclusive(pipeline.FETCH_LOCK):
             job = asyncio.create_task(daemon.fetch_job())
             await asyncio.sleep(0.2)
             daemon.stop_sending.set()

@@ -267,7 +267,7 @@ class _Run:
         self._started = time.monotonic()
         self.papers = papers  # oldest first (`Store.papers_seen_since`)
         self.by_id = {p.id: p for p, _ in papers}
-        # for `matches`: the papers seen after a time are a tail of these, found by bisection
+        # the papers seen after a time are a tail of these, found by bisection (`seen_after`)
         self._seen = [seen for _, seen in papers]
         self._in_order = [p for p, _ in papers]
         self.corpus = corpus
@@ -367,6 +367,10 @@ class _Run:
     def since(self, last_sent: datetime | None) -> datetime:
         return last_sent or self.now - timedelta(days=self.services.config.digest.lookback)
 
+    def seen_after(self, since: datetime) -> list[Paper]:
+        """The run's papers first seen after ``since``, oldest first."""
+        return self._in_order[bisect.bisect_right(self._seen, since) :]
+
     def matches(
         self,
         sub: Subscriber,
@@ -375,7 +379,7 @@ class _Run:
         sent: Collection[str],
         votes: tuple[tuple[Paper, ...], tuple[Paper, ...]],
     ) -> list[Match]:
-        fresh = self._in_order[bisect.bisect_right(self._seen, since) :]
+        fresh = self.seen_after(since)
         if sent:
             fresh = [p for p in fresh if p.id not in sent]
         profile = profile_of(sub, prefs, votes)
@@ -386,7 +390,7 @@ class _Run:
         assert sub.id is not None
         store = self.services.store
         since = self.since(store.last_sent_at(sub.id))
-        fresh = [p.id for p, seen in self.papers if seen > since]
+        fresh = [p.id for p in self.seen_after(since)]
         sent = store.sent_paper_ids(sub.id, fresh)
         votes = feedback.voted_papers(store, sub.id)
         return self.matches(sub, prefs, since, sent, votes)
@@ -878,7 +882,7 @@ def _select(
         prefs = run.services.store.preferences(ids)
         last_sent = ledger.last_sent(engine, ids)
         oldest = min((run.since(last_sent.get(i)) for i in ids), default=run.now)
-        history = ledger.history(engine, ids, (p.id for p, seen in run.papers if seen > oldest))
+        history = ledger.history(engine, ids, (p.id for p in run.seen_after(oldest)))
     return claims, subs, prefs, last_sent, history
 
 

@@ -706,15 +706,8 @@ class Store:
     def held(self, name: str) -> bool:
         """Whether another instance holds ``name`` (`exclusive`) at this moment. Asked by
         taking it and letting go at once; never on SQLite (one instance only)."""
-        if self.engine.dialect.name != "postgresql":
-            return False
-        key = _lock_key(name)
-        with self.engine.connect() as conn:
-            got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
-            if got:
-                conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
-            conn.commit()
-        return not got
+        with self.exclusive(name) as mine:
+            return not mine
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

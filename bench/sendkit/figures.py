@@ -202,11 +202,18 @@ def report(r: dict[str, Any]) -> str:
             f"{x['per_second']:.0f} msg/s ({x['messages']:,} in {x['seconds']:.1f} s)" for x in runs
         )
         when = "before and after the send" if len(runs) == 2 else "after the send"
-        lines.append(
+        line = (
             f"blast       {b['per_second']:.1f} msg/s raw: {each} {when}, over "
             f"{b['connections']} connections; {b['sample']} of the digests sent, "
             f"{b['mean_bytes'] / 1000:.1f} kB mean"
         )
+        if server["messages"]:
+            # A random sample's mean size strays a few percent from the send's, either way:
+            # a larger sample slows the blast and flatters the ratio, a smaller one harms it.
+            off = b["mean_bytes"] / (server["bytes"] / server["messages"]) - 1
+            way = "larger" if off >= 0 else "smaller"
+            line += f" ({100 * abs(off):.1f}% {way} than those sent)"
+        lines.append(line)
         met = "met" if r["ratio"] >= TARGET_RATIO else "NOT met"
         lines.append(
             f"ratio       end to end = {100 * r['ratio']:.1f}% of the raw rate "

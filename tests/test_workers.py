@@ -378,6 +378,17 @@ async def test_an_instance_whose_fetch_is_skipped_reads_ahead_once_the_other_has
         assert set(corpus.docs) == {p.id for p in papers}
         assert _topics_kept(daemon, datetime.now(UTC)) == set(TOPICS) - {"protein folding"}
 
+        # The other instance's fetch outlasts FETCH_WAIT: the wait ends there, and the topics
+        # are read against what it has stored by then, rather than the job waiting on it.
+        monkeypatch.setattr(daemon_mod, "FETCH_WAIT", timedelta(seconds=0.3))
+        extra = dataclasses.replace(papers[0], id="2612.00001")
+        with store.exclusive(pipeline.FETCH_LOCK):
+            store.add_papers([extra], seen_at=datetime.now(UTC))
+            await asyncio.wait_for(daemon.fetch_job(), 10)
+            corpus, _ = pipeline.handed_corpus(daemon.services, datetime.now(UTC))
+            assert extra.id in corpus.docs
+            assert _topics_kept(daemon, datetime.now(UTC)) == set(TOPICS) - {"protein folding"}
+
         # Stopping while it waits ends the job at once, without reading ahead.
         with store.exclusive(pipeline.FETCH_LOCK):
             job = asyncio.create_task(daemon.fetch_job())

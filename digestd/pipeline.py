@@ -15,7 +15,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -1036,18 +1036,27 @@ def preview(
     services: Services, email: str, *, now: datetime | None = None
 ) -> tuple[list[Match], EmailMessage | None]:
     """The digest ``email`` would receive now, rendered but neither sent nor recorded."""
+    matches, digest = next(previews(services, [email], now=now))
+    return matches, None if digest is None else services.renderer.render(digest)
+
+
+def previews(
+    services: Services, emails: Iterable[str], *, now: datetime | None = None
+) -> Iterator[tuple[list[Match], DigestInput | None]]:
+    """For each of ``emails``, what its digest would hold now (None: nothing matched), ready
+    to render; nothing is sent or recorded. The papers' window is loaded once for all."""
     now = now or datetime.now(UTC)
-    sub = services.store.subscriber(email)
-    assert sub.id is not None
-    prefs = services.store.preferences([sub.id])[sub.id]
     run = _Run(services, now, *_Run.load(services, now))
-    matches = run.matches_for(sub, prefs)
-    if not matches:
-        return [], None
-    message_id = f"<preview.{now:%Y%m%d%H%M%S}.{sub.id}@{_domain(services)}>"
-    return matches, services.renderer.render(
-        digest_input(services, sub, now.date(), matches, message_id, now)
-    )
+    for email in emails:
+        sub = services.store.subscriber(email)
+        assert sub.id is not None
+        prefs = services.store.preferences([sub.id])[sub.id]
+        matches = run.matches_for(sub, prefs)
+        if not matches:
+            yield [], None
+            continue
+        message_id = f"<preview.{now:%Y%m%d%H%M%S}.{sub.id}@{_domain(services)}>"
+        yield matches, digest_input(services, sub, now.date(), matches, message_id, now)
 
 
 def preview_profile(

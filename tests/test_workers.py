@@ -68,13 +68,18 @@ def _check_once_each(services: Services, smtp_server: SmtpServer) -> list[Delive
 
 
 def _previews(services: Services) -> dict[str, set[str]]:
-    """What a preview in this process picks for each reader, by address."""
-    return {
-        f"reader{i}@example.org": {
-            m.paper.id for m in pipeline.preview(services, f"reader{i}@example.org", now=NOW1)[0]
-        }
-        for i in range(N)
+    """What a preview in this process picks for each reader, by address: all previewed
+    together (the window loaded once), and the first few one at a time, as `digestd preview`
+    does, to the same picks."""
+    emails = [f"reader{i}@example.org" for i in range(N)]
+    together = pipeline.previews(services, emails, now=NOW1)
+    picks = {
+        email: {m.paper.id for m in matches}
+        for email, (matches, _) in zip(emails, together, strict=True)
     }
+    for email in emails[:5]:
+        assert {m.paper.id for m in pipeline.preview(services, email, now=NOW1)[0]} == picks[email]
+    return picks
 
 
 def _check_sent_as_previewed(services: Services, expected: dict[str, set[str]]) -> None:

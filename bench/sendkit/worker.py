@@ -40,14 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from aiosmtplib.email import flatten_message
 
 from digestd import config as config_mod
 from digestd import pipeline, workers
 from digestd.models import Status, Subscriber
 from digestd.services import Services
 
-SAMPLE = 512  # a random sample: 128 came out 14% smaller than the mean digest once
+#: A random sample of the digests. Their sizes vary about fourfold (one paper to ten): the
+#: mean of 512 strayed up to 8% from the send's, that of 2,048 is about twice as close.
+SAMPLE = 2048
 
 
 def sample_digests(config_path: Path, now: datetime, size: int, out: Path) -> None:
@@ -67,10 +68,10 @@ def sample_digests(config_path: Path, now: datetime, size: int, out: Path) -> No
             emails = list(s.execute(query).scalars())
         sender = pipeline.envelope_sender(services)
         kept = []
-        for email in emails:
-            message = pipeline.preview(services, email, now=now)[1]
-            if message is not None:
-                data = flatten_message(message)
+        digests = pipeline.previews(services, emails, now=now)
+        for email, (_, digest) in zip(emails, digests, strict=True):
+            if digest is not None:
+                data = services.renderer.render_bytes(digest)  # as the send puts it on the wire
                 kept.append({"sender": sender, "recipients": [email],
                              "data": base64.b64encode(data).decode()})  # fmt: skip
             if len(kept) == size:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -57,6 +58,8 @@ class RecordingHandler:
 
     def __init__(self) -> None:
         self.messages: list[Received] = []
+        #: how many of ``messages`` arrived over TLS (STARTTLS or implicit)
+        self.encrypted = 0
         self.commands: list[str] = []  # EHLO, MAIL, RCPT, DATA, RSET, QUIT as they arrive
         self.connections = 0
         self.logins: list[str] = []
@@ -117,6 +120,9 @@ class RecordingHandler:
         lf = data.replace(b"\r\n", b"\n")
         parsed = email.message_from_bytes(lf, policy=email.policy.default)
         self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), data, parsed))
+        self.encrypted += server.transport is not None and bool(
+            server.transport.get_extra_info("ssl_object")
+        )
         self._per_session[session] = self._per_session.get(session, 0) + 1
         return f"250 2.0.0 Ok: queued as {len(self.messages)}"
 
@@ -136,6 +142,8 @@ class SmtpServer:
     ``credentials=(user, password)`` offers AUTH PLAIN/LOGIN over plain TCP (loopback only)
     and accepts exactly that pair; logging in stays optional for the client.
     ``smtputf8=True`` offers SMTPUTF8 (non-ASCII addresses); aiosmtpd's default is off.
+    ``tls=context`` requires STARTTLS with that server context before MAIL, or, with
+    ``implicit=True``, speaks TLS from the first byte (port 465 style).
     """
 
     host = "127.0.0.1"
@@ -146,11 +154,15 @@ class SmtpServer:
         *,
         credentials: tuple[str, str] | None = None,
         smtputf8: bool = False,
+        tls: ssl.SSLContext | None = None,
+        implicit: bool = False,
     ) -> None:
         self.handler = handler or RecordingHandler()
         self.port = 0
         self._credentials = credentials
         self._smtputf8 = smtputf8
+        self._tls = tls
+        self._implicit = implicit
         self._server: asyncio.Server | None = None
         self._protocols: list[SMTP] = []
 
@@ -184,6 +196,8 @@ class SmtpServer:
         if self._credentials is not None:
             # Loopback only; without TLS there is no other way to exercise AUTH here.
             extra = {"authenticator": self._authenticate, "auth_require_tls": False}
+        if self._tls is not None and not self._implicit:
+            extra |= {"tls_context": self._tls, "require_starttls": True}
         protocol = SMTP(
             self.handler,
             hostname="smtp.digestd.test",
@@ -198,7 +212,8 @@ class SmtpServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         # Not aiosmtpd's Controller: with port=0 it probes port 0 to check readiness and fails.
-        self._server = await loop.create_server(self._protocol, self.host, 0)
+        ssl_context = self._tls if self._implicit else None
+        self._server = await loop.create_server(self._protocol, self.host, 0, ssl=ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def drop_connections(self) -> None:
@@ -245,8 +260,12 @@ class ThreadedSmtpServer:
         *,
         credentials: tuple[str, str] | None = None,
         smtputf8: bool = False,
+        tls: ssl.SSLContext | None = None,
+        implicit: bool = False,
     ) -> None:
-        self.server = SmtpServer(handler, credentials=credentials, smtputf8=smtputf8)
+        self.server = SmtpServer(
+            handler, credentials=credentials, smtputf8=smtputf8, tls=tls, implicit=implicit
+        )
         self._thread = threading.Thread(target=self._run, name="smtp-test-server", daemon=True)
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -12,6 +12,7 @@ operations for the web, the CLI and the tests.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -81,11 +82,31 @@ def _insert(engine: sa.Engine) -> Any:
     return sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
 
 
+def _driver_sql(engine: sa.Engine, sql: str) -> str:
+    """``sql``, written with ``?`` placeholders, in the placeholders of the engine's driver."""
+    style = engine.dialect.paramstyle
+    if style == "qmark":
+        return sql
+    assert style in ("format", "pyformat"), style
+    return sql.replace("?", "%s")
+
+
 def _claim(row: Any, fresh: bool) -> Claim:
     return Claim(
         row.id, row.subscriber_id, row.period, row.attempts, row.message_id or "",
         row.reply or "", row.lease_until, fresh, row.owner,
     )  # fmt: skip
+
+
+@functools.cache
+def _claim_insert(dialect: str) -> Any:
+    """The INSERT of new claimed rows, built once per dialect."""
+    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    return (
+        insert(_DELIVERIES)
+        .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
+        .returning(*_DELIVERIES.c)
+    )
 
 
 def claim(
@@ -129,12 +150,7 @@ def claim(
             ]
             # Parameters as a list (executemany): SQLAlchemy batches them into multi-row
             # INSERTs from one cached statement; .values(rows) compiled a new one each time.
-            insert = (
-                _insert(engine)(_DELIVERIES)
-                .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
-                .returning(*c)
-            )
-            new = conn.execute(insert, rows).all()
+            new = conn.execute(_claim_insert(engine.dialect.name), rows).all()
             won += (_claim(r, True) for r in new)
             inserted = {r.subscriber_id for r in new}
             rest = [i for i in ids if i not in inserted]
@@ -186,8 +202,13 @@ def subscribers(engine: sa.Engine, ids: Sequence[int]) -> dict[int, Subscriber]:
     if not ids:
         return {}
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(_SUBSCRIBERS).where(_SUBSCRIBERS.c.id.in_(ids))).all()
+        rows = conn.execute(_SUBSCRIBERS_BY_ID, {"ids": ids}).all()
     return {r.id: Subscriber.model_construct(**r._asdict()) for r in rows}
+
+
+_SUBSCRIBERS_BY_ID = sa.select(_SUBSCRIBERS).where(
+    _SUBSCRIBERS.c.id.in_(sa.bindparam("ids", expanding=True))
+)
 
 
 def last_sent(engine: sa.Engine, ids: Sequence[int]) -> dict[int, datetime]:
@@ -234,6 +255,23 @@ def history(engine: sa.Engine, ids: Sequence[int], paper_ids: Iterable[str]) -> 
     return out
 
 
+#: built once: a statement built per flush cost SQLAlchemy more than the database its work
+_MARK_SENT = (
+    _DELIVERIES.update()
+    .where(
+        _DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)),
+        _DELIVERIES.c.status != DeliveryStatus.SENT.value,
+    )
+    .values(
+        status=DeliveryStatus.SENT.value,
+        sent_at=sa.bindparam("now"),
+        lease_until=None,
+        attempts=_DELIVERIES.c.attempts + 1,
+    )
+    .returning(_DELIVERIES.c.id)
+)
+
+
 def record(engine: sa.Engine, outcomes: Sequence[Outcome], *, now: datetime) -> list[Outcome]:
     """Record a chunk's outcomes in one transaction; return the SENT outcomes that another
     worker had recorded first (its lease ran out mid-send; the relay may have the digest
@@ -246,58 +284,34 @@ def record(engine: sa.Engine, outcomes: Sequence[Outcome], *, now: datetime) -> 
         if sent:
             # First the rows we win (locked until commit on PostgreSQL), then their details.
             won = set(
-                conn.execute(
-                    _DELIVERIES.update()
-                    .where(
-                        c.id.in_([o.claim.id for o in sent]),
-                        c.status != DeliveryStatus.SENT.value,
-                    )
-                    .values(
-                        status=DeliveryStatus.SENT.value,
-                        sent_at=now,
-                        lease_until=None,
-                        attempts=c.attempts + 1,
-                    )
-                    .returning(c.id)
-                ).scalars()
+                conn.execute(_MARK_SENT, {"ids": [o.claim.id for o in sent], "now": now}).scalars()
             )
             lost = [o for o in sent if o.claim.id not in won]
             mine = [o for o in sent if o.claim.id in won]
             if mine:
-                conn.execute(
-                    _DELIVERIES.update()
-                    .where(c.id == sa.bindparam("b_id"))
-                    .values(
-                        reply=sa.bindparam("b_reply"),
-                        paper_count=sa.bindparam("b_count"),
-                        message_id=sa.bindparam("b_message_id"),
+                # Per-row statements at the driver: through SQLAlchemy, building each row's
+                # parameters cost more than the database's work (ints and text only here).
+                conn.exec_driver_sql(
+                    _driver_sql(
+                        engine,
+                        "UPDATE deliveries SET reply = ?, paper_count = ?, message_id = ? "
+                        "WHERE id = ?",
                     ),
-                    [
-                        {
-                            "b_id": o.claim.id,
-                            "b_reply": o.reply[:500],
-                            "b_count": len(o.papers),
-                            "b_message_id": o.message_id,
-                        }
-                        for o in mine
-                    ],
+                    [(o.reply[:500], len(o.papers), o.message_id, o.claim.id) for o in mine],
                 )
                 papers = [
-                    {
-                        "subscriber_id": o.claim.subscriber_id,
-                        "paper_id": pid,
-                        "delivery_id": o.claim.id,
-                        "position": n,
-                        "score": score,
-                    }
+                    (o.claim.subscriber_id, pid, o.claim.id, n, score)
                     for o in mine
                     for n, (pid, score) in enumerate(o.papers, 1)
                 ]
                 if papers:
-                    # executemany of one statement: compiled once, batched by the driver
-                    conn.execute(
-                        _insert(engine)(_SENT).on_conflict_do_nothing(
-                            index_elements=["subscriber_id", "paper_id"]
+                    conn.exec_driver_sql(
+                        _driver_sql(
+                            engine,
+                            "INSERT INTO sent_papers "
+                            "(subscriber_id, paper_id, delivery_id, position, score) "
+                            "VALUES (?, ?, ?, ?, ?) "
+                            "ON CONFLICT (subscriber_id, paper_id) DO NOTHING",
                         ),
                         papers,
                     )

@@ -78,10 +78,6 @@ class History:
 _SENT_STATUS = sa.func.coalesce(_DELIVERIES.c.status, "") == DeliveryStatus.SENT.value
 
 
-def _insert(engine: sa.Engine) -> Any:
-    return sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
-
-
 def _driver_sql(engine: sa.Engine, sql: str) -> str:
     """``sql``, written with ``?`` placeholders, in the placeholders of the engine's driver."""
     style = engine.dialect.paramstyle

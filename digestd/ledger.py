@@ -101,7 +101,8 @@ def _claim_insert(dialect: str) -> Any:
     return (
         insert(_DELIVERIES)
         .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
-        .returning(*_DELIVERIES.c)
+        # only what the database chose: the rest is what was inserted
+        .returning(_DELIVERIES.c.id, _DELIVERIES.c.subscriber_id)
     )
 
 
@@ -147,7 +148,8 @@ def claim(
             # Parameters as a list (executemany): SQLAlchemy batches them into multi-row
             # INSERTs from one cached statement; .values(rows) compiled a new one each time.
             new = conn.execute(_claim_insert(engine.dialect.name), rows).all()
-            won += (_claim(r, True) for r in new)
+            won += (Claim(r.id, r.subscriber_id, period, 0, "", "", until, True, owner)
+                    for r in new)  # fmt: skip
             inserted = {r.subscriber_id for r in new}
             rest = [i for i in ids if i not in inserted]
             if not rest:

@@ -72,10 +72,9 @@ def test_a_digest_goes_out_over_tls_and_an_unproven_relay_gets_nothing(
     untrusted = ssl.create_default_context()  # the system's CAs: they never signed this one
     relay = ThreadedSmtpServer(tls=_server_context(certificate), implicit=security == "tls")
     with relay, asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        config = relay.config(security=security)
 
-        async def send(context: ssl.SSLContext) -> str:
-            mailer = SmtpMailer(config, tls_context=context)
+        async def send(context: ssl.SSLContext | None, how: str = security) -> str:
+            mailer = SmtpMailer(relay.config(security=how), tls_context=context)
             try:
                 return await mailer.send(
                     MESSAGE, sender="bounces@example.org", recipients=["reader@example.org"]
@@ -98,9 +97,7 @@ def test_a_digest_goes_out_over_tls_and_an_unproven_relay_gets_nothing(
         # Without STARTTLS the relay takes no mail either: this one requires it.
         if security == "starttls":
             with pytest.raises(TemporaryDeliveryError, match="530"):
-                runner.run(SmtpMailer(relay.config(security="none")).send(
-                    MESSAGE, sender="bounces@example.org", recipients=["reader@example.org"]
-                ))  # fmt: skip
+                runner.run(send(None, "none"))
             assert len(relay.handler.messages) == 1
 
 

@@ -23,6 +23,7 @@ from aiosmtplib.email import flatten_message, parse_address
 
 from digestd.config import SmtpConfig
 from digestd.errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
+from digestd.render import Wire
 
 log = logging.getLogger(__name__)
 #: turns the serialised message into the one to send, e.g. with a DKIM signature on top
@@ -110,9 +111,14 @@ _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
-def _transparent(message: bytes) -> bytes:
+def _transparent(message: bytes, ready: int = 0) -> bytes:
     """``message`` as DATA carries it (RFC 5321 4.5.2): CRLF line endings, a line starting
-    with a dot doubled, the end-of-data line."""
+    with a dot doubled, the end-of-data line. ``ready``: the length of a tail known to be so
+    already, as `render.mime` writes (a `Wire`), which is then not looked at: the checks
+    were most of this, about 50 µs for 20 KB."""
+    if ready and (ready == len(message) or message[-ready - 1 : -ready] == b"\n"):
+        head = message[:-ready]
+        return (_transparent(head)[:-3] if head else b"") + message[-ready:] + b".\r\n"
     crlf = message.count(b"\r\n")
     if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
         message = _LINE_ENDINGS.sub(b"\r\n", message)
@@ -153,14 +159,15 @@ class SmtpMailer:
             raise PermanentDeliveryError("envelope address is not a bare addr-spec")
         utf8 = not (sender + "".join(recipients)).isascii()
         # Serialising costs more CPU than the send; do it before holding a connection.
-        flat = self._sign(
-            message if isinstance(message, bytes) else flatten_message(message, utf8=utf8)
-        )
+        raw = message if isinstance(message, bytes) else flatten_message(message, utf8=utf8)
+        flat = self._sign(raw)
+        # What render.mime wrote needs nothing done for DATA; a signature on top still may.
+        ready = len(raw) if isinstance(raw, Wire) and flat.endswith(raw) else 0
         await self._pacer.wait()
         try:
             # aiosmtplib's own timeouts apply per socket operation; this bounds the whole send.
             async with asyncio.timeout(self._config.timeout):
-                response = await self._send_pooled(message, flat, sender, recipients, utf8)
+                response = await self._send_pooled(message, flat, sender, recipients, utf8, ready)
         except TimeoutError as exc:
             if isinstance(exc, aiosmtplib.SMTPException):
                 raise classify(exc) from exc
@@ -178,6 +185,7 @@ class SmtpMailer:
         sender: str,
         recipients: Sequence[str],
         utf8: bool,
+        ready: int,
     ) -> aiosmtplib.SMTPResponse:
         async with self._slots:
             client, reused = await self._checkout()
@@ -190,6 +198,7 @@ class SmtpMailer:
                     if isinstance(message, bytes):  # built 7-bit unless an address is UTF-8
                         raise PermanentDeliveryError("the relay does not offer 8BITMIME")
                     flat = self._sign(flatten_message(message, utf8=utf8, cte_type="7bit"))
+                    ready = 0
                 try:
                     await self._mail(client, flat, sender, utf8)
                 except aiosmtplib.SMTPServerDisconnected:
@@ -204,7 +213,7 @@ class SmtpMailer:
                 # to everyone or to no one, so the caller can record a single outcome.
                 for recipient in recipients:
                     await self._rcpt(client, recipient, utf8)
-                return await self._data(client, flat)
+                return await self._data(client, flat, ready)
             except aiosmtplib.SMTPResponseException:
                 await self._reset(client)
                 raise
@@ -243,13 +252,14 @@ class SmtpMailer:
             raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
 
     @staticmethod
-    async def _data(client: aiosmtplib.SMTP, flat: bytes) -> aiosmtplib.SMTPResponse:
+    async def _data(
+        client: aiosmtplib.SMTP, flat: bytes, ready: int = 0
+    ) -> aiosmtplib.SMTPResponse:
         """DATA, then the message. What aiosmtplib's ``data()`` does, less its two regular
-        expression passes over every message (line endings, leading dots): a digest is built
-        with CRLF and no lone CR or LF, which byte counts confirm, and rarely has a line
-        starting with a dot (39 against 132 µs for 20 KB). The passes were 7% of a send's
-        CPU."""
-        payload = _transparent(flat)
+        expression passes over every message (line endings, leading dots), 7% of a send's
+        CPU: a digest is a `Wire` (``ready`` is its length), which needs neither; other
+        messages are checked with byte counts first (39 against 132 µs for 20 KB)."""
+        payload = _transparent(flat, ready)
         start = await client.execute_command(b"DATA")
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)

@@ -534,7 +534,14 @@ _BOUNDARY_SALT = secrets.token_hex(8)
 _BOUNDARY_SERIAL = itertools.count()
 
 
-def mime(parts: Parts) -> bytes:
+class Wire(bytes):
+    """A message as `mime` writes it: CRLF line endings only, ending with one, and no line
+    starting with a dot. SMTP's DATA carries it as it is (`deliver` checks nothing in it)."""
+
+    __slots__ = ()
+
+
+def mime(parts: Parts) -> Wire:
     """multipart/alternative with quoted-printable text and HTML, assembled directly.
 
     The stdlib's EmailMessage costs ~5 ms a digest to build and serialise, ten times the
@@ -558,7 +565,7 @@ def mime(parts: Parts) -> bytes:
         chunks.append(_qp(body))
         chunks.append(b"\r\n")  # the line break before a boundary belongs to the boundary
     chunks.append(f"--{boundary}--\r\n".encode("ascii"))
-    return b"".join(chunks)
+    return Wire(b"".join(chunks))
 
 
 _UTF8_POLICY = POLICY.clone(utf8=True)
@@ -609,9 +616,38 @@ def _qp(body: str) -> bytes:
         encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
         split = _HARD_BREAK.split(encoded.removesuffix(b"\n"))
         _QP_LINES.update(
-            zip(new, (line.replace(b"\n", b"\r\n") + b"\r\n" for line in split), strict=True)
+            zip(
+                new,
+                (
+                    (_undotted(x) if x[:1] == b"." or b"\n." in x else x).replace(b"\n", b"\r\n")
+                    + b"\r\n"
+                    for x in split
+                ),
+                strict=True,
+            )
         )
     return b"".join([_QP_LINES[line] for line in lines])
+
+
+_QP_UNIT = re.compile(rb"=[0-9A-F]{2}|[^\n]")
+_QP_WIDTH = 76
+
+
+def _undotted(encoded: bytes) -> bytes:
+    """One line's quoted-printable (soft line breaks as ``=\\n``) with no physical line
+    starting with a dot: SMTP would have to double it (RFC 5321 4.5.2), a pass over every
+    message. From the first such line on, the line is broken again, a dot that would start
+    one written ``=2E`` (in a digest: where a break falls before ".org" of an address)."""
+    start = 0 if encoded[:1] == b"." else encoded.index(b"\n.") + 1
+    out: list[bytes] = []
+    line = b""
+    for unit in _QP_UNIT.findall(encoded[start:].replace(b"=\n", b"")):
+        if len(line) + len(unit) > _QP_WIDTH - 1:  # room for the soft break's "="
+            out.append(line + b"=")
+            line = b""
+        line += b"=2E" if not line and unit == b"." else unit
+    out.append(line)
+    return encoded[:start] + b"\n".join(out)
 
 
 def _subject(d: DigestInput) -> str:

@@ -19,7 +19,9 @@ import pytest_asyncio
 
 from digestd.config import SmtpConfig
 from digestd.deliver import OutboxMailer, SmtpMailer, _transparent, classify
+from digestd.dkim import DkimSigner, verify
 from digestd.errors import PermanentDeliveryError, TemporaryDeliveryError
+from digestd.render import Parts, Wire, mime
 from tests.smtp_server import SmtpServer, ThreadedSmtpServer
 
 SENDER = "bounces@digestd.test"
@@ -28,6 +30,7 @@ HTML = '<p>Three papers on <b>naïve</b> Bayes.</p>\n<a href="https://x.test/u?a
 TEXT = "Three papers on naïve Bayes.\n.a line that starts with a dot\n"
 
 MakeMailer = Callable[..., SmtpMailer]
+DKIM_KEY = Path(__file__).parent / "data" / "dkim" / "test-key.pem"
 
 
 def make_message(to: str = RCPT, n: int = 1) -> EmailMessage:
@@ -109,6 +112,43 @@ def test_data_payload_is_what_aiosmtplib_would_send(raw: bytes) -> None:
     assert _transparent(raw) == PERIOD_REGEX.sub(b"..", normalize_message_line_endings(raw)) + (
         b".\r\n"
     )
+
+
+DOTS = f"{'a' * 75}.org\n.starts with a dot\n..\n.\n" + "x" * 74 + "=." * 40 + "\n"
+
+
+def _wire() -> Wire:
+    """A digest's bytes with lines QP would start with a dot, had mime() not escaped it."""
+    text = DOTS
+    html = f"<p>{'b' * 72}.org</p>\n<p>.dot</p>\n"
+    headers = [("From", "digest@digestd.test"), ("To", RCPT), ("Subject", "Dots"),
+               ("Message-ID", "<dots@digestd.test>")]  # fmt: skip
+    return mime(Parts(headers, text, html))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+async def test_digest_bytes_go_out_as_they_are(
+    smtp_server: SmtpServer, make_mailer: MakeMailer, signed: bool
+) -> None:
+    # mime() writes what DATA carries unchanged, so the mailer skips transparency for it
+    # (a DKIM signature on top is still checked); the server must receive exactly the
+    # message, and the fast path must be byte for byte the full one.
+    wire = _wire()
+    assert b"=2E" in wire and b"\n." not in wire
+    signer = DkimSigner("digest2026", "digestd.test", DKIM_KEY.read_bytes())
+    flat = signer(wire) if signed else wire
+    assert _transparent(flat, len(wire)) == _transparent(bytes(flat))
+    mailer = SmtpMailer(smtp_server.config(), sign=signer if signed else None)
+    try:
+        await mailer.send(wire, sender=SENDER, recipients=[RCPT])
+    finally:
+        await mailer.aclose()
+    [received] = smtp_server.handler.messages
+    assert received.data.endswith(wire) and (received.data == wire) != signed
+    if signed:
+        assert verify(received.data, signer.txt_record)
+    body = email.message_from_bytes(received.data, policy=email.policy.default).get_body(("plain",))
+    assert body is not None and body.get_content().replace("\r\n", "\n") == DOTS
 
 
 async def test_bytes_with_bare_line_endings_and_leading_dots_arrive_intact(

@@ -564,15 +564,47 @@ def _reference_qp(body: str) -> bytes:
     return encoded.replace(b"\n", b"\r\n")
 
 
-def test_quoted_printable_line_by_line_equals_whole_body() -> None:
+def test_quoted_printable_line_by_line_is_the_whole_body_but_for_leading_dots() -> None:
     rng = random.Random(7)
     chars = "ab =.\t\n\r\xe9\u2014<>\x00"
     bodies = ["", "\n", ".", ".\n", "a" * 75 + "=", "a" * 76 + " ", "a" * 300 + " \nb", "x\r\ny\r"]
+    bodies += [".a", "a" * 75 + ".org", "a" * 74 + "=.b", "a" * 75 + "." * 200, "a" * 75 + ".\xe9"]
+    bodies += ["a" * 73 + "\xe9" + "." * 80 + " ", "." * 76 + "\n." + "=" * 30 + "."]
     bodies += ["".join(rng.choice(chars) for _ in range(rng.randint(0, 400))) for _ in range(3000)]
     parts = Renderer().render_parts(_input(SAMPLE[:25], reply_to="r@example.org"))
     bodies += [parts.text, parts.html]
+    dotted = 0
     for body in bodies + bodies:  # the second time from the cache
-        assert render._qp(body) == _reference_qp(body), repr(body)
+        encoded, reference = render._qp(body), _reference_qp(body)
+        lines = encoded.split(b"\r\n")
+        # Where QP would start a line with a dot (SMTP doubles it), that line is broken again
+        # with the dot as =2E; it still decodes to the body, in lines of at most 76.
+        assert not any(line.startswith(b".") for line in lines), repr(body)
+        # (b2a_qp itself writes 78 where it escapes a space ending a long line)
+        longest = max(76, *map(len, reference.split(b"\r\n")))
+        assert max(map(len, lines)) <= longest and encoded.endswith(b"\r\n")
+        assert _decoded(encoded) == _decoded(reference), repr(body)
+        if encoded != reference:
+            dotted += 1
+            assert any(line.startswith(b".") for line in reference.split(b"\r\n"))
+    assert dotted > 100
+
+
+def _decoded(qp: bytes) -> bytes:
+    return binascii.a2b_qp(qp.replace(b"\r\n", b"\n"))
+
+
+def test_wire_bytes_need_nothing_done_for_smtp() -> None:
+    renderer = Renderer()
+    escaped = 0
+    for n in range(1, 80):  # QP breaks a line before a dot for some of these addresses
+        d = _input(SAMPLE[: 1 + n % 7], to=f"{'r' * n}@example.org", reply_to="r@example.org")
+        wire = renderer.render_bytes(d)
+        assert isinstance(wire, render.Wire)
+        assert not wire.startswith(b".") and b"\n." not in wire and wire.endswith(b"\r\n")
+        assert wire.count(b"\n") == wire.count(b"\r\n") == wire.count(b"\r")
+        escaped += b"=2E" in wire
+    assert escaped
 
 
 PLAIN_ADDRESSES = [

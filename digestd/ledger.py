@@ -213,18 +213,22 @@ def last_sent(engine: sa.Engine, ids: Sequence[int]) -> dict[int, datetime]:
     """When each of the subscribers was last sent a digest (absent: never)."""
     if not ids:
         return {}
-    d = _DELIVERIES.c
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(d.subscriber_id, sa.func.max(d.sent_at))
-            # coalesce(): not an indexable condition, so the planner takes the index on
-            # (subscriber_id, period). SQLite without statistics otherwise picks the one on
-            # status and reads every sent row of the table for each chunk: a million-
-            # subscriber send slowed down as it went (100 ms a chunk by the half-way mark).
-            .where(d.subscriber_id.in_(ids), _SENT_STATUS)
-            .group_by(d.subscriber_id)
-        )
+        rows = conn.execute(_LAST_SENT, {"ids": ids})
         return {i: at for i, at in rows if at is not None}
+
+
+# The statements a send runs for every chunk are built once: building one, with its IN list,
+# cost SQLAlchemy more than the database its query.
+_LAST_SENT = (
+    sa.select(_DELIVERIES.c.subscriber_id, sa.func.max(_DELIVERIES.c.sent_at))
+    # coalesce(): not an indexable condition, so the planner takes the index on
+    # (subscriber_id, period). SQLite without statistics otherwise picks the one on
+    # status and reads every sent row of the table for each chunk: a million-
+    # subscriber send slowed down as it went (100 ms a chunk by the half-way mark).
+    .where(_DELIVERIES.c.subscriber_id.in_(sa.bindparam("ids", expanding=True)), _SENT_STATUS)
+    .group_by(_DELIVERIES.c.subscriber_id)
+)
 
 
 def history(engine: sa.Engine, ids: Sequence[int], paper_ids: Iterable[str]) -> History:
@@ -233,24 +237,26 @@ def history(engine: sa.Engine, ids: Sequence[int], paper_ids: Iterable[str]) -> 
     out = History()
     if not ids:
         return out
-    s, f = _SENT.c, _FEEDBACK.c
     papers = sorted(set(paper_ids))
     with engine.connect() as conn:
         if papers:
-            for i, pid in conn.execute(
-                sa.select(s.subscriber_id, s.paper_id).where(
-                    s.subscriber_id.in_(ids), s.paper_id.in_(papers)
-                )
-            ):
+            for i, pid in conn.execute(_SENT_OF, {"ids": ids, "papers": papers}):
                 out.sent[i].add(pid)
-        for i, pid, vote in conn.execute(
-            sa.select(f.subscriber_id, f.paper_id, f.vote)
-            .join(_PAPERS, _PAPERS.c.id == f.paper_id)
-            .where(f.subscriber_id.in_(ids))
-            .order_by(f.subscriber_id, f.created_at.desc(), f.id.desc())
-        ):
+        for i, pid, vote in conn.execute(_VOTES_OF, {"ids": ids}):
             out.votes[i].append((pid, vote))
     return out
+
+
+_SENT_OF = sa.select(_SENT.c.subscriber_id, _SENT.c.paper_id).where(
+    _SENT.c.subscriber_id.in_(sa.bindparam("ids", expanding=True)),
+    _SENT.c.paper_id.in_(sa.bindparam("papers", expanding=True)),
+)
+_VOTES_OF = (
+    sa.select(_FEEDBACK.c.subscriber_id, _FEEDBACK.c.paper_id, _FEEDBACK.c.vote)
+    .join(_PAPERS, _PAPERS.c.id == _FEEDBACK.c.paper_id)
+    .where(_FEEDBACK.c.subscriber_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(_FEEDBACK.c.subscriber_id, _FEEDBACK.c.created_at.desc(), _FEEDBACK.c.id.desc())
+)
 
 
 #: built once: a statement built per flush cost SQLAlchemy more than the database its work

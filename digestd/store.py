@@ -80,6 +80,13 @@ def create_engine(url: str) -> sa.Engine:
 
 
 _PREF_KINDS = tuple(k.value for k in PrefKind)
+_PREF = Preference.__table__.c  # type: ignore[attr-defined]
+#: built once: a send reads it for every chunk, and building it cost more than the query
+_PREFERENCES_OF = (
+    sa.select(_PREF.subscriber_id, _PREF.kind, _PREF.value)
+    .where(_PREF.subscriber_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(_PREF.id)
+)
 
 
 class Store:
@@ -245,13 +252,8 @@ class Store:
             return out
         # Rows, not ORM objects: a send reads this for every subscriber, and building the
         # objects was most of its cost.
-        t = Preference.__table__.c  # type: ignore[attr-defined]
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(t.subscriber_id, t.kind, t.value)
-                .where(t.subscriber_id.in_(subscriber_ids))
-                .order_by(t.id)
-            )
+            rows = conn.execute(_PREFERENCES_OF, {"ids": list(subscriber_ids)})
             for subscriber_id, kind, value in rows:
                 out[subscriber_id][kind].append(value)
         return out

@@ -269,6 +269,9 @@ def fetch(ctx: Context, day: str | None) -> None:
               help="Daily Papers JSON (file or folder, repeatable) that stands for the stored "
               "papers: term rarity and acronyms. Default: the ranked papers and the bundled "
               "sample days.")  # fmt: skip
+@click.option("--semantic", "semantic_model", metavar="MODEL",
+              help="Also rank by closeness in meaning with this sentence-embedding model: "
+              "all-MiniLM-L6-v2 or a model folder (needs digestd[semantic]).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def rank(
     paths: tuple[Path, ...],
@@ -279,6 +282,7 @@ def rank(
     limit: int,
     min_score: float,
     corpus_paths: tuple[Path, ...],
+    semantic_model: str | None,
     as_json: bool,
 ) -> None:
     """Rank the papers of Daily Papers JSON for a profile: what such a subscriber would get."""
@@ -288,7 +292,13 @@ def rank(
         raise InvalidInput("give at least one --topic, --author or --category")
     papers = [p for path in paths for p in jsonfile.load(path)]
     background = corpus_paths or (config_mod.BUNDLED_PAPERS,)
-    corpus = Corpus.of([*papers, *(p for path in background for p in jsonfile.load(path))])
+    stored = [*papers, *(p for path in background for p in jsonfile.load(path))]
+    meanings = None
+    if semantic_model:
+        from digestd.matching import semantic
+
+        meanings = semantic.vectors(semantic.model(semantic_model).encode(stored))
+    corpus = Corpus.of(stored, meanings)
     profile = Profile(topics, exclude, authors, categories, max_papers=limit, min_score=min_score)
     if min_score == 0:
         # --min-score 0 lists every paper, matched or not, with its score.

@@ -62,6 +62,12 @@ class DigestConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MatchingConfig:
+    #: closeness in meaning (digestd[semantic]): "all-MiniLM-L6-v2" or a model folder; "" off
+    semantic_model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ScheduleConfig:
     #: crontab (UTC) of the fetch job
     fetch_cron: str = "15 * * * *"
@@ -138,6 +144,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=lambda: DeliveryConfig())
     inbound: InboundConfig = field(default_factory=lambda: InboundConfig())
     dkim: DkimConfig = field(default_factory=lambda: DkimConfig())
+    matching: MatchingConfig = field(default_factory=lambda: MatchingConfig())
     #: "table.key" → where the effective value came from ("default", "file …", "env …")
     origins: Mapping[str, str] = field(default_factory=dict, compare=False)
     #: "table.key" → the parsed value, as check-config shows it (secrets redacted there)
@@ -444,6 +451,14 @@ SCHEMA: tuple[Option, ...] = (
         "default minimum score (0 to 1) for a paper to be sent",
     ),
     Option(
+        "matching",
+        "semantic_model",
+        "",
+        _str,
+        "also match by closeness in meaning with this sentence-embedding model: "
+        "all-MiniLM-L6-v2 or a folder holding a model (needs digestd[semantic]); empty: off",
+    ),
+    Option(
         "templates",
         "path",
         "",
@@ -636,6 +651,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
                 Path(values["dkim.private_key_file"]) if values["dkim.private_key_file"] else None
             ),
         ),
+        matching=MatchingConfig(semantic_model=values["matching.semantic_model"]),
         origins=origins,
         values=values,
     )

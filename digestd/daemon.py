@@ -133,6 +133,12 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         web = self.config.web
+        if self.config.matching.semantic_model:
+            # A model that does not load stops the start with its reason (ConfigError), not
+            # the first fetch hours later; loaded once, it serves every fetch.
+            from digestd.matching import semantic
+
+            await asyncio.to_thread(semantic.model, self.config.matching.semantic_model)
         server = _Server(
             uvicorn.Config(
                 self.app,

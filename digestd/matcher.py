@@ -2,8 +2,9 @@
 
 No I/O, no clock. The parts live in `digestd.matching`: words and phrases (`text`), what the
 stored papers teach (`corpus`: term rarity, acronyms papers define), how much a paper is about
-a topic (`topics`), authors (`authors`), the written preferences together (`lexical`) and
-feedback votes (`similar`). This module puts them together behind `rank` / `select` / `match`.
+a topic (`topics`), authors (`authors`), the written preferences together (`lexical`),
+feedback votes (`similar`) and, with the optional extra, closeness in meaning (`semantic`).
+This module puts them together behind `rank` / `select` / `match`.
 Scores are calibrated probabilities that a paper is relevant, so one threshold
 (`DEFAULT_MIN_SCORE`) serves every subscriber: a day with nothing for them sends nothing.
 """
@@ -15,7 +16,15 @@ from dataclasses import dataclass
 
 from digestd.matching.authors import name_key
 from digestd.matching.corpus import Corpus
-from digestd.matching.lexical import Preferences, exclusion, interest, needed, strongest
+from digestd.matching.lexical import (
+    ROUNDING,
+    Preferences,
+    exclusion,
+    interest,
+    needed,
+    strongest,
+)
+from digestd.matching.semantic import LIFT, SAY_BELOW, nearness
 from digestd.matching.similar import PULL, PUSH, Space, closest, short, voted
 from digestd.matching.text import terms
 from digestd.paper import Paper
@@ -98,7 +107,12 @@ def _scored(
     prefs = Preferences.compile(
         corpus, profile.topics, profile.exclude, profile.authors, profile.categories
     )
-    if not (profile.liked or profile.disliked):
+    # With the semantic extra, any paper may be lifted for being close in meaning to the
+    # papers about a topic, but by no more than LIFT: where that cannot reach the minimum
+    # score (a send with the default threshold), only papers with words of a topic can.
+    meaning = bool(corpus.meanings) and bool(prefs.topics)
+    lifted_alone = meaning and (not selecting or profile.min_score - ROUNDING <= LIFT)
+    if not (profile.liked or profile.disliked or lifted_alone):
         # Read just the papers that can score: those holding a word of a topic, by a followed
         # author or in a category asked for. A send ranks a day's papers for every
         # subscriber and most papers share nothing with a given profile, so this is most of
@@ -116,7 +130,11 @@ def _scored(
     # whatever else it meets is passed over after one look at its readings. Most of a
     # profile's papers are such (they hold a common word of a topic), and scoring each in
     # full was most of a send's matching.
-    need = needed(prefs, profile.min_score) if selecting and not (liked or disliked) else 0.0
+    need = (
+        needed(prefs, profile.min_score, lift=LIFT if meaning else 0.0)
+        if selecting and not (liked or disliked)
+        else 0.0
+    )
     out: list[_Scored] = []
     for paper, doc in zip(candidates, docs, strict=True):
         if (
@@ -127,6 +145,12 @@ def _scored(
         ):
             continue
         score, reasons, weak = interest(doc, prefs)
+        if meaning:
+            closeness, why = nearness(doc, prefs.topics, corpus)
+            if closeness > 0:
+                if why and (score < SAY_BELOW or not reasons):
+                    reasons.append(why)
+                score += LIFT * closeness * (1 - score)
         if liked or disliked:
             vector = space.vector(doc)
             pull, near = closest(vector, paper.id, liked)

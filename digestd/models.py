@@ -134,6 +134,22 @@ class PaperRow(SQLModel, table=True):
     first_seen: datetime = _dt(default_factory=_now, index=True)
 
 
+class PaperMeaning(SQLModel, table=True):
+    """A paper's sentence embedding under one model (the semantic extra): worked out once,
+    when the paper is fetched, and read with the papers for every send."""
+
+    __tablename__ = "paper_meanings"
+
+    paper_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(32), sa.ForeignKey("papers.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    model: str = Field(primary_key=True, max_length=200)
+    #: float32, unit length, as numpy's tobytes() writes it
+    vector: bytes = Field(sa_type=sa.LargeBinary)
+
+
 class Delivery(SQLModel, table=True):
     """The ledger: one row per subscriber and digest period, the truth of what was sent."""
 

@@ -25,9 +25,16 @@ from typing import Any, ClassVar, NamedTuple
 
 from digestd import feedback, ledger, workers
 from digestd.config import Config
-from digestd.errors import DigestdError, FeedError, PermanentDeliveryError, TemporaryDeliveryError
+from digestd.errors import (
+    ConfigError,
+    DigestdError,
+    FeedError,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+)
 from digestd.inbound.addresses import Addresses
 from digestd.matcher import Corpus, Match, Profile, match, rank
+from digestd.matching import semantic
 from digestd.matching.topics import portable
 from digestd.models import DeliveryStatus, Status, Subscriber
 from digestd.paper import Paper
@@ -58,6 +65,8 @@ class FetchResult:
     errors: list[str] = field(default_factory=list)
     #: another instance held the fetch lock; nothing was fetched here
     skipped: bool = False
+    #: papers given a sentence embedding (the semantic extra)
+    embedded: int = 0
 
 
 @dataclass
@@ -144,12 +153,35 @@ async def _fetch(services: Services, day: date, now: datetime) -> FetchResult:
         result.new += new
     if result.errors and len(result.errors) == len(services.sources):
         raise FeedError("; ".join(result.errors))
+    if services.config.matching.semantic_model:
+        try:
+            result.embedded = await asyncio.to_thread(embed, services, now)
+        except Exception as exc:  # a model that fails must not stop fetches
+            # Matching goes on by words alone; the papers are embedded at a later fetch.
+            log.error("papers not embedded: %s", exc, exc_info=not isinstance(exc, ConfigError))
+            store.record_event("embed", f"papers not embedded: {exc}")
     if result.new:
         # Digests that found no match are waiting for the day's papers (WAIT_STEP apart):
         # now that papers came, the next tick looks at them, not a quarter of an hour later.
         store.wake_waiting(now)
     metrics.last_fetch.set(now.timestamp())
     return result
+
+
+def embed(services: Services, now: datetime) -> int:
+    """Work out and store the sentence embeddings (the semantic extra) that the papers of
+    the window at ``now`` lack under the configured model; how many were stored. Once per
+    paper: a paper embedded before is not embedded again."""
+    name = services.config.matching.semantic_model
+    store = services.store
+    papers = [p for p, _ in store.papers_seen_since(now - MAX_AGE)]
+    have = store.meaning_ids(name, [p.id for p in papers])
+    todo = [p for p in papers if p.id not in have]
+    if not todo:
+        return 0
+    stored = store.save_meanings(name, semantic.model(name).encode(todo))
+    log.info("embedded %d papers with %s", stored, name)
+    return stored
 
 
 def is_due(sub: Subscriber, period: date) -> bool:
@@ -308,14 +340,23 @@ class _Run:
         cls, services: Services, now: datetime
     ) -> tuple[list[tuple[Paper, datetime]], Corpus]:
         papers = services.store.papers_seen_since(now - MAX_AGE)
-        key = (len(papers), *((p.id, seen) for p, seen in papers[:1] + papers[-1:]))
+        key: tuple[object, ...] = (
+            len(papers),
+            *((p.id, seen) for p, seen in papers[:1] + papers[-1:]),
+        )
+        name = services.config.matching.semantic_model
+        if name:  # papers embedded since (the model set, or a fetch that failed to) count
+            key += (name, len(services.store.meaning_ids(name, [p.id for p, _ in papers])))
         url = services.config.database_url
         known = cls._corpora.get(url)
         if known is not None and known[0] == key and _same(known[1], papers):
             corpus = known[1]
             # the corpus's own paper objects: the matcher tells its papers by identity first
             return [(corpus.docs[p.id].paper, seen) for p, seen in papers], corpus
-        corpus = Corpus.of(p for p, _ in papers)
+        meanings = None
+        if name:
+            meanings = semantic.vectors(services.store.meanings(name, [p.id for p, _ in papers]))
+        corpus = Corpus.of((p for p, _ in papers), meanings)
         gc.freeze()
         cls._corpora[url] = (key, corpus)
         cls._returned.pop(url, None)  # worked out on the papers as they were

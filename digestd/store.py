@@ -27,6 +27,7 @@ from digestd.models import (
     DeliveryStatus,
     Event,
     Feedback,
+    PaperMeaning,
     PaperRow,
     Preference,
     PrefKind,
@@ -348,16 +349,20 @@ class Store:
     def add_papers(self, papers: Iterable[Paper], *, seen_at: datetime) -> int:
         """Store papers not stored before (by arXiv id); return how many were new."""
         rows = [_paper_row(p, seen_at) for p in {p.id: p for p in papers}.values()]
+        return self._insert_new(PaperRow.__table__, rows)  # type: ignore[attr-defined]
+
+    def _insert_new(self, table: sa.Table, rows: list[dict[str, Any]]) -> int:
+        """Insert the rows whose key is not stored yet, 500 at a time; how many were."""
         if not rows:
             return 0
-        table = PaperRow.__table__  # type: ignore[attr-defined]
         ins: Any = sqlite.insert if self.engine.dialect.name == "sqlite" else postgresql.insert
+        key = next(iter(table.primary_key.columns))
         new = 0
         with self.engine.begin() as conn:
             for i in range(0, len(rows), 500):
                 stmt = ins(table).values(rows[i : i + 500]).on_conflict_do_nothing()
                 # RETURNING, not rowcount: psycopg reports -1 for multi-row inserts.
-                new += len(conn.execute(stmt.returning(table.c.id)).all())
+                new += len(conn.execute(stmt.returning(key)).all())
         return new
 
     def papers_seen_since(self, since: datetime) -> list[tuple[Paper, datetime]]:
@@ -369,6 +374,30 @@ class Store:
                 .order_by(col(PaperRow.first_seen), col(PaperRow.id))
             )
             return [(_paper(r), r.first_seen) for r in rows]
+
+    def meanings(self, model: str, paper_ids: Iterable[str]) -> dict[str, bytes]:
+        """Paper id -> its stored sentence embedding under ``model``, for those that have one."""
+        return {pid: bytes(v) for pid, v in self._meanings(model, paper_ids, "paper_id", "vector")}
+
+    def meaning_ids(self, model: str, paper_ids: Iterable[str]) -> set[str]:
+        """Which of ``paper_ids`` have an embedding stored under ``model``."""
+        return {pid for (pid,) in self._meanings(model, paper_ids, "paper_id")}
+
+    def _meanings(self, model: str, paper_ids: Iterable[str], *columns: str) -> Iterator[Any]:
+        ids = list(dict.fromkeys(paper_ids))
+        table = PaperMeaning.__table__  # type: ignore[attr-defined]
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                yield from conn.execute(
+                    sa.select(*(table.c[c] for c in columns)).where(
+                        table.c.model == model, table.c.paper_id.in_(ids[i : i + 500])
+                    )
+                )
+
+    def save_meanings(self, model: str, vectors: dict[str, bytes]) -> int:
+        """Store embeddings not stored before for ``model``; return how many were new."""
+        rows = [{"paper_id": k, "model": model, "vector": v} for k, v in vectors.items()]
+        return self._insert_new(PaperMeaning.__table__, rows)  # type: ignore[attr-defined]
 
     def count_papers(self) -> int:
         with self.session() as s:

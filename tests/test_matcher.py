@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+from random import Random
 
 import pytest
 
@@ -292,17 +295,25 @@ def test_matching_for_a_send_picks_what_ranking_then_selecting_picks(min_score: 
     # A send matches with `match`, which passes over papers whose best topic is too weak to
     # reach the minimum score whatever else they meet; previews rank everything. Both must
     # pick the same papers, worded the same, whatever the profile holds.
-    import random
+    papers = categorised(p for day in sorted(HF_DAYS.glob("*.json")) for p in jsonfile.load(day))
+    check_send_picks_as_ranked(papers, Corpus.of(papers), min_score, random.Random(20261128), 150)
 
-    days = sorted(HF_DAYS.glob("*.json"))
-    papers = [
+
+def categorised(papers: Iterable[Paper]) -> list[Paper]:
+    """Daily Papers carry no arXiv categories; some, as arXiv feeds give them."""
+    return [
         replace(p, categories=("cs.CL",) if i % 3 == 0 else ("cs.CV", "cs.LG"))
-        for i, p in enumerate(p for day in days for p in jsonfile.load(day))
+        for i, p in enumerate(papers)
     ]
-    corpus = Corpus.of(papers)
+
+
+def check_send_picks_as_ranked(
+    papers: list[Paper], corpus: Corpus, min_score: float, rng: Random, n: int
+) -> None:
+    """`match` (a send) picks what `select(rank(...))` (a preview) picks, for ``n`` random
+    profiles of the papers' keywords, exclusions, authors and categories."""
     keywords = sorted({k for p in papers for k in p.keywords})
-    rng = random.Random(20261128)
-    for i in range(150):
+    for i in range(n):
         profile = Profile(
             topics=tuple(rng.sample(keywords, rng.randint(1, 4))),
             exclude=tuple(rng.sample(keywords, 1)) if i % 5 == 0 else (),

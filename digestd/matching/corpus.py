@@ -16,6 +16,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from digestd.matching.text import ACRONYM_PLURAL, STOP, Field, fold, stem, tokens
 from digestd.paper import Paper
@@ -165,9 +166,12 @@ class Corpus:
     postings: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
     #: results worked out once per corpus (a paper's vector, a topic's context); pure caching
     memo: dict[object, object] = field(default_factory=dict, compare=False, repr=False)
+    #: paper id -> its sentence embedding (numpy unit vector), with the semantic extra
+    #: (`digestd.matching.semantic`); empty without it
+    meanings: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def of(cls, papers: Iterable[Paper | Doc]) -> Corpus:
+    def of(cls, papers: Iterable[Paper | Doc], meanings: Mapping[str, Any] | None = None) -> Corpus:
         df: Counter[str] = Counter()
         acronyms: dict[str, Counter[tuple[str, ...]]] = {}
         caps: Counter[str] = Counter()
@@ -200,6 +204,7 @@ class Corpus:
             docs,
             {k: tuple(sorted(v)) for k, v in prefixes.items()},
             {k: tuple(v) for k, v in postings.items()},
+            meanings={k: v for k, v in (meanings or {}).items() if k in docs},
         )
 
     def vector(self, doc: Doc) -> Mapping[str, float]:

@@ -146,18 +146,21 @@ def interest(doc: Doc, prefs: Preferences) -> tuple[float, list[str], str]:
 
 
 #: below the least score needed by this much: a score shown rounded to 4 places never passes
-_ROUNDING = 1e-3
+ROUNDING = 1e-3
 
 
-def needed(prefs: Preferences, min_score: float) -> float:
+def needed(prefs: Preferences, min_score: float, *, lift: float = 0.0) -> float:
     """The least score for its best topic with which a paper by no followed author may still
     reach ``min_score`` in `interest`. At best the next topic scores as much as the best and
-    adds SECOND of the room it leaves (s + SECOND·s·(1 - s), rising in s), and a category
-    asked for adds CATEGORY_BOOST of what is left; an exclusion only lowers. 0: no topics
-    (a category alone scores), or any paper may."""
+    adds SECOND of the room it leaves (s + SECOND·s·(1 - s), rising in s), a category
+    asked for adds CATEGORY_BOOST of what is left, and closeness in meaning (the semantic
+    extra) at most ``lift`` of what is left after that; an exclusion only lowers. 0: no
+    topics (a category alone scores), or any paper may."""
     if not prefs.topics:
         return 0.0
-    target = min_score - _ROUNDING
+    target = min_score - ROUNDING
+    if lift:
+        target = (target - lift) / (1 - lift)
     if prefs.categories:
         target = (target - CATEGORY_BOOST) / (1 - CATEGORY_BOOST)
     if target <= 0:

@@ -36,6 +36,8 @@ from bench.relevance.metrics import Digest, DigestSummary, ndcg_at  # noqa: E402
 from digestd.matcher import DEFAULT_MAX_PAPERS  # noqa: E402
 
 SPLITS = ("all", "dev", "held-out")
+#: the model of digestd's semantic row (`digestd rank --semantic`)
+SEMANTIC = "all-MiniLM-L6-v2"
 CAP = DEFAULT_MAX_PAPERS
 #: pairs of (profile id, day) -> ids sent that day
 Sent = dict[tuple[str, str], frozenset[str]]
@@ -67,7 +69,7 @@ def _cli(args: list[str], in_process: bool) -> list[dict[str, object]]:
         result = CliRunner().invoke(cli, args, catch_exceptions=False)
         if result.exit_code:
             raise RuntimeError(f"digestd {' '.join(args)}: {result.output}")
-        out = result.output
+        out = result.stdout
     else:
         exe = Path(sys.executable).parent / "digestd"
         proc = subprocess.run(
@@ -81,9 +83,13 @@ def _cli(args: list[str], in_process: bool) -> list[dict[str, object]]:
     return data
 
 
-def run_digestd(col: Collection, in_process: bool, corpus: bool) -> CliRun:
+def run_digestd(
+    col: Collection, in_process: bool, corpus: bool, semantic: str | None = None
+) -> CliRun:
     days = list(col.days)
     extra = ["--corpus", str(DATA)] if corpus else []
+    if semantic:
+        extra += ["--semantic", semantic]
     jobs: list[tuple[str, str | None, list[str]]] = []
     for prof in col.profiles:
         papers = [a for d in days for a in ("--papers", str(DATA / f"{d}.json"))]
@@ -242,7 +248,7 @@ def targets(col: Collection, ours: Row, peers: list[Row], split: str) -> list[st
         return f"  {label:<14} {value:.3f} vs best peer {best:.3f} + {margin:.2f}: {ok}"
 
     return [
-        f"targets ({split}):",
+        f"targets ({split}), {ours.name}:",
         check("nDCG@10", nd, best_nd, 0.05),
         check("digest F1", mine.micro_f1, best_mi, 0.15),
         check("digest macroF1", mine.macro_f1, best_ma, 0.15),
@@ -272,15 +278,23 @@ def main(argv: Iterable[str] | None = None) -> None:
         f"out), {len(col.qrels)} judgments"
     )
 
+    timings: list[str] = []
     ours_run = run_digestd(col, args.in_process, corpus=not args.no_corpus)
     ours = Row("digestd rank (default install)", ours_run.rankings, ours_run.sent)
+    extra: list[Row] = []
+    semantic_took = ""
+    why_not = baselines.minilm_available()
+    if not (why_not or args.skip_minilm):
+        # In process whatever --in-process says: each subprocess would load the model and
+        # embed the collection again (a minute a call); the CLI code is the same.
+        sem_run = run_digestd(col, True, corpus=not args.no_corpus, semantic=SEMANTIC)
+        extra.append(Row("digestd rank + semantic extra", sem_run.rankings, sem_run.sent))
+        semantic_took = f"; digestd rank --semantic {sem_run.seconds:.1f} s, in process"
     peers: list[Row] = []
-    timings: list[str] = []
     ids = list(col.papers)
     if not args.only_digestd:
         computed: dict[str, baselines.Scores] = {}
         makers: dict[str, Callable[[Collection], baselines.Scores]] = dict(baselines.LEXICAL)
-        why_not = baselines.minilm_available()
         if why_not or args.skip_minilm:
             print(why_not or "MiniLM baselines skipped (--skip-minilm)")
         else:
@@ -302,7 +316,7 @@ def main(argv: Iterable[str] | None = None) -> None:
                 t = best_threshold(col, scores)
                 peers.append(Row(f"{name}, best threshold", rankings, above(col, scores, t)))
 
-    rows = [*peers, ours]
+    rows = [*peers, ours, *extra]
     print(
         "\nP, R, F1: pooled over every digest (relevant: grade >= 1); macroF1: mean over "
         "(profile, day),\na quiet day (nothing relevant) counting 1 when nothing was sent; "
@@ -313,13 +327,16 @@ def main(argv: Iterable[str] | None = None) -> None:
         print(f"\n== {split} ==")
         print("\n".join(table(col, rows, split)))
         if peers:
-            print("\n".join(targets(col, ours, peers, split)))
-    print()
-    print("\n".join(per_day(col, ours)))
+            for row in (ours, *extra):
+                print("\n".join(targets(col, row, peers, split)))
+    for row in (ours, *extra):
+        print()
+        print("\n".join(per_day(col, row)))
     print(
         f"\nruntime: digestd rank {ours_run.calls} calls in {ours_run.seconds:.1f} s "
         f"({ours_run.seconds / ours_run.calls * 1000:.0f} ms a call"
         f"{', in process' if args.in_process else ', with process start-up'})"
+        + semantic_took
         + (f"; baselines: {', '.join(timings)}" if timings else "")
     )
 

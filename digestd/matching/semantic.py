@@ -57,6 +57,8 @@ class Centroid:
 
     vector: Any  # numpy float32 unit vector
     seeds: tuple[str, ...]
+    #: the seeds' vectors, a row each (to find the one closest to a paper at once)
+    rows: Any = None
 
 
 #: a topic with too few papers clearly about it: no semantic reading
@@ -174,9 +176,35 @@ def centroid(topic: Topic, corpus: Corpus) -> Centroid:
     if len(seeds) >= SEEDS:
         import numpy as np
 
-        mean = np.mean([meanings[pid] for pid in seeds], axis=0)
-        found = Centroid((mean / (np.linalg.norm(mean) or 1.0)).astype(np.float32), seeds)
+        rows = np.stack([meanings[pid] for pid in seeds])
+        mean = rows.mean(axis=0)
+        found = Centroid((mean / (np.linalg.norm(mean) or 1.0)).astype(np.float32), seeds, rows)
     corpus.remember(key, found)
+    return found
+
+
+def _reading(doc: Doc, v: Any, topic: Topic, corpus: Corpus) -> tuple[float, str]:
+    """The paper's cosine to ``topic``'s papers and, when near enough to count, the closest
+    of them (not the paper itself); once per (topic, paper) of a corpus, as a send asks it
+    for every subscriber sharing the topic."""
+    pid = doc.paper.id
+    own = corpus.docs.get(pid) is doc
+    key = ("near", topic.text, pid)
+    known = corpus.memo.get(key) if own else None
+    if isinstance(known, tuple):
+        return known
+    c = centroid(topic, corpus)
+    found: tuple[float, str] = (0.0, "")
+    if c.vector is not None:
+        cos = float(v @ c.vector)
+        nearest = ""
+        if cos > NEAR:
+            sims = c.rows @ v
+            order = sims.argsort()[::-1][:2]  # the closest, or the next if that is the paper
+            nearest = next((c.seeds[i] for i in order if c.seeds[i] != pid), "")
+        found = (cos, nearest)
+    if own:
+        corpus.remember(key, found)
     return found
 
 
@@ -186,21 +214,15 @@ def nearness(doc: Doc, topics: Sequence[Topic], corpus: Corpus) -> tuple[float, 
     v = corpus.meanings.get(doc.paper.id)
     if v is None:
         return 0.0, ""
-    best, which = NEAR, None
+    best, which, nearest = NEAR, None, ""
     for topic in topics:
-        c = centroid(topic, corpus)
-        if c.vector is not None:
-            cos = float(v @ c.vector)
-            if cos > best:
-                best, which = cos, (topic, c)
+        cos, closest = _reading(doc, v, topic, corpus)
+        if cos > best:
+            best, which, nearest = cos, topic, closest
     if which is None:
         return 0.0, ""
     strength = min((best - NEAR) / (FULL - NEAR), 1.0)
-    topic, c = which
-    others = [pid for pid in c.seeds if pid != doc.paper.id]
-    if not others:
+    if not nearest:
         return strength, ""
-    meanings = corpus.meanings
-    nearest = max(others, key=lambda pid: (float(v @ meanings[pid]), pid))
     title = short(corpus.docs[nearest].paper.title)
-    return strength, f"close in meaning to “{title}”, which matches “{topic.text}”"
+    return strength, f"close in meaning to “{title}”, which matches “{which.text}”"

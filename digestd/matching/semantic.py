@@ -57,8 +57,6 @@ class Centroid:
 
     vector: Any  # numpy float32 unit vector
     seeds: tuple[str, ...]
-    #: the seeds' vectors, a row each (to find the one closest to a paper at once)
-    rows: Any = None
 
 
 #: a topic with too few papers clearly about it: no semantic reading
@@ -170,15 +168,14 @@ def centroid(topic: Topic, corpus: Corpus) -> Centroid:
     seeds = tuple(
         pid
         for pid in sorted(holders(topic, corpus))
-        if pid in meanings and remembered(corpus.docs[pid], topic, corpus).score >= SEED
+        if pid in meanings and remembered(corpus.docs[pid], topic, corpus, keep=False).score >= SEED
     )
     found = _NONE
     if len(seeds) >= SEEDS:
         import numpy as np
 
-        rows = np.stack([meanings[pid] for pid in seeds])
-        mean = rows.mean(axis=0)
-        found = Centroid((mean / (np.linalg.norm(mean) or 1.0)).astype(np.float32), seeds, rows)
+        mean = np.mean([meanings[pid] for pid in seeds], axis=0)
+        found = Centroid((mean / (np.linalg.norm(mean) or 1.0)).astype(np.float32), seeds)
     corpus.remember(key, found)
     return found
 
@@ -199,9 +196,9 @@ def _reading(doc: Doc, v: Any, topic: Topic, corpus: Corpus) -> tuple[float, str
         cos = float(v @ c.vector)
         nearest = ""
         if cos > NEAR:
-            sims = c.rows @ v
-            order = sims.argsort()[::-1][:2]  # the closest, or the next if that is the paper
-            nearest = next((c.seeds[i] for i in order if c.seeds[i] != pid), "")
+            meanings = corpus.meanings
+            others = (s for s in c.seeds if s != pid)
+            nearest = max(others, key=lambda s: (float(v @ meanings[s]), s), default="")
         found = (cos, nearest)
     if own:
         corpus.remember(key, found)

@@ -326,9 +326,10 @@ def evidence(doc: Doc, topic: Topic, corpus: Corpus | None = None) -> Evidence:
     return remembered(doc, topic, corpus)
 
 
-def remembered(doc: Doc, topic: Topic, corpus: Corpus) -> Evidence:
+def remembered(doc: Doc, topic: Topic, corpus: Corpus, *, keep: bool = True) -> Evidence:
     """`evidence` for a paper the caller knows is the corpus's own and holds a word of
-    ``topic`` (`holders`)."""
+    ``topic`` (`holders`); worked out, if need be, and kept unless not ``keep`` (the
+    semantic extra reads every stored paper for a topic once, most never asked again)."""
     key = ("evidence", topic.text, doc.paper.id)
     known = corpus.memo.get(key)
     if isinstance(known, Evidence):
@@ -338,7 +339,8 @@ def remembered(doc: Doc, topic: Topic, corpus: Corpus) -> Evidence:
         corpus.memo[key] = found
         return found
     found = _evidence(doc, topic, corpus)
-    corpus.remember(key, found)
+    if keep:
+        corpus.remember(key, found)
     return found
 
 

@@ -88,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="no reading ahead before the send: its processes read the topics themselves",
     )
+    p.add_argument(
+        "--semantic",
+        metavar="MODEL",
+        default="",
+        help="[matching] semantic_model (the semantic extra): the papers are embedded "
+        "before the send, as the daemon's fetches do",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, help="write the figures to this file")
     p.add_argument("--workdir", type=Path, help="work folder (default: a temporary one)")
@@ -265,9 +272,13 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             pool_size=args.pool_size,
             lookback=args.window_days,
             papers=profiles.DATA,
-            extra={"delivery": {"processes": args.processes}},
+            extra={
+                "delivery": {"processes": args.processes},
+                **({"matching": {"semantic_model": args.semantic}} if args.semantic else {}),
+            },
         )
-        out["papers"]["stored"] = setup.store_papers(url, plan)
+        out["papers"]["stored"] = setup.store_papers(url, plan, args.semantic)
+        out["semantic_model"] = args.semantic
         imported = setup.import_subscribers(config, jsonl)
         out["import"] = {
             "added": imported.added,

@@ -9,7 +9,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from multiprocessing import get_context
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -92,11 +93,32 @@ def write_config(
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def store_papers(url: str, plan: list[tuple[datetime, Day]]) -> int:
-    """Store each day's papers as first seen at its planned time (migrating the schema)."""
+def store_papers(url: str, plan: list[tuple[datetime, Day]], semantic_model: str = "") -> int:
+    """Store each day's papers as first seen at its planned time (migrating the schema), and
+    with ``semantic_model`` their embeddings, as the daemon's fetches would have."""
     store = Store.open(url)
     try:
-        return sum(store.add_papers(day.papers, seen_at=at) for at, day in plan)
+        stored = sum(store.add_papers(day.papers, seen_at=at) for at, day in plan)
+    finally:
+        store.close()
+    if semantic_model:
+        # In a process of its own: the model's 0.5 GB would otherwise stay in this one, and
+        # the send workers it starts would report it as their peak RSS (kept across exec).
+        embedder = get_context("spawn").Process(target=_embed, args=(url, semantic_model))
+        embedder.start()
+        embedder.join()
+        if embedder.exitcode:
+            raise SystemExit(f"embedding the papers failed ({embedder.exitcode})")
+    return stored
+
+
+def _embed(url: str, model: str) -> None:
+    from digestd.matching import semantic
+
+    store = Store.open(url)
+    try:
+        papers = [p for p, _ in store.papers_seen_since(datetime.min.replace(tzinfo=UTC))]
+        store.save_meanings(model, semantic.model(model).encode(papers))
     finally:
         store.close()
 

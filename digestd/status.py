@@ -15,7 +15,14 @@ def report(config: Config, period: date) -> str:
     try:
         lines = ["subscribers: " + _counts(store.subscriber_counts())]
         fetch = store.last_event("fetch")
-        lines.append(f"papers stored: {store.count_papers()}")
+        papers = store.count_papers()
+        lines.append(f"papers stored: {papers}")
+        model = config.matching.semantic_model
+        if model:
+            lines.append(f"papers embedded ({model}): {store.count_meanings(model)} of {papers}")
+            failed = store.last_event("embed")
+            if failed is not None and (fetch is None or failed.created_at >= fetch.created_at):
+                lines.append(f"  last fetch's embedding failed: {failed.reason}")
         lines.append(
             "last successful fetch: "
             + (f"{fetch.created_at:%Y-%m-%d %H:%M} UTC ({fetch.reason})" if fetch else "never")

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -221,3 +222,18 @@ async def test_send_processes_match_with_the_stored_meanings(
     _check_sent_as_previewed(split_services, expected)
     texts = [m.parsed.get_body(("plain",)).get_content() for m in smtp_server.handler.messages]
     assert any("close in meaning to" in t for t in texts)
+
+
+def test_the_daemon_does_not_start_with_a_model_that_does_not_load(
+    write_config: Callable[..., Path],
+) -> None:
+    with socket.socket() as s:  # a free port, should the web front start after all
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = write_config(matching__semantic_model="/nonexistent/model", web__port=port)
+    run = _cli("--config", str(config), "run")
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        "digestd: error: semantic model '/nonexistent/model': not 'all-MiniLM-L6-v2' and not "
+        "a folder holding a sentence-transformers model"
+    )

@@ -123,7 +123,7 @@ def test_a_send_picks_what_ranking_then_selecting_picks(
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "digestd"
     return subprocess.run([str(exe), *args], capture_output=True, text=True, check=False,
-                          cwd=Path(__file__).parent.parent)  # fmt: skip
+                          timeout=120, cwd=Path(__file__).parent.parent)  # fmt: skip
 
 
 def test_rank_semantic_from_the_cli_and_a_model_that_is_not_there() -> None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import httpx
 
 from digestd.config import Config
+from digestd.pipeline import MAX_AGE
 from digestd.store import Store
 
 
-def report(config: Config, period: date) -> str:
+def report(config: Config, period: date, *, now: datetime | None = None) -> str:
     store = Store.open(config.database_url)
     try:
         lines = ["subscribers: " + _counts(store.subscriber_counts())]
@@ -19,7 +20,13 @@ def report(config: Config, period: date) -> str:
         lines.append(f"papers stored: {papers}")
         model = config.matching.semantic_model
         if model:
-            lines.append(f"papers embedded ({model}): {store.count_meanings(model)} of {papers}")
+            # what fetches embed and sends read: the papers of the window (pipeline.MAX_AGE)
+            since = (now or datetime.now(UTC)) - MAX_AGE
+            window = [p.id for p, _ in store.papers_seen_since(since)]
+            lines.append(
+                f"papers of the last {MAX_AGE.days} days embedded ({model}): "
+                f"{len(store.meaning_ids(model, window))} of {len(window)}"
+            )
             failed = store.last_event("embed")
             if failed is not None and (fetch is None or failed.created_at >= fetch.created_at):
                 lines.append(f"  last fetch's embedding failed: {failed.reason}")

@@ -394,11 +394,6 @@ class Store:
                     )
                 )
 
-    def count_meanings(self, model: str) -> int:
-        with self.session() as s:
-            query = select(sa.func.count()).select_from(PaperMeaning)
-            return s.exec(query.where(col(PaperMeaning.model) == model)).one()
-
     def save_meanings(self, model: str, vectors: dict[str, bytes]) -> int:
         """Store embeddings not stored before for ``model``; return how many were new."""
         rows = [{"paper_id": k, "model": model, "vector": v} for k, v in vectors.items()]

@@ -164,7 +164,8 @@ async def test_a_fetch_embeds_each_paper_once_and_sends_use_them(services: Servi
     assert stored == semantic.model(MODEL).encode(papers)
     again = await pipeline.fetch(services, DAY, now=NOW)
     assert (again.new, again.embedded) == (0, 0)
-    assert f"papers embedded ({MODEL}): 23 of 23" in status.report(services.config, DAY)
+    report = status.report(services.config, DAY, now=NOW)
+    assert f"papers of the last 31 days embedded ({MODEL}): 23 of 23" in report
     papers, corpus = pipeline._Run.load(services, NOW)
     assert sorted(corpus.meanings) == sorted(ids)
     ranked = rank([p for p, _ in papers], Profile(("LLM agents",)), corpus=corpus)
@@ -183,8 +184,8 @@ async def test_a_model_that_does_not_load_changes_nothing(
         assert fetched.new == 23 and fetched.embedded == 0 and fetched.errors == []
         event = services.store.last_event("embed")
         assert event is not None and "/nonexistent/model" in event.reason
-        report = status.report(config, DAY)
-        assert "papers embedded (/nonexistent/model): 0 of 23" in report
+        report = status.report(config, DAY, now=NOW)
+        assert "papers of the last 31 days embedded (/nonexistent/model): 0 of 23" in report
         assert "last fetch's embedding failed: papers not embedded: semantic model" in report
         _, corpus = pipeline._Run.load(services, NOW)
         assert not corpus.meanings

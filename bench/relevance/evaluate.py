@@ -31,7 +31,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.relevance import baselines  # noqa: E402
-from bench.relevance.collection import DATA, Collection, Profile, load  # noqa: E402
+from bench.relevance.collection import (  # noqa: E402
+    DATA,
+    JUDGES,
+    Agreement,
+    Collection,
+    Profile,
+    load,
+    read_qrels,
+)
 from bench.relevance.metrics import Digest, DigestSummary, ndcg_at  # noqa: E402
 from digestd.matcher import DEFAULT_MAX_PAPERS  # noqa: E402
 
@@ -146,6 +154,19 @@ def above(col: Collection, scores: baselines.Scores, threshold: float) -> Sent:
             ranked = [i for i in baselines.ranking(s, [p.id for p in ps]) if s[i] > 0]
             sent[(prof.id, day)] = frozenset(i for i in ranked[:CAP] if s[i] >= threshold)
     return sent
+
+
+def other_judge(col: Collection, judge: str) -> Row:
+    """``judge``'s grades as if they were a system: every paper they graded relevant sent
+    (best grade first, capped like digestd), ranked by their grade. Scored against the
+    collection's judge, it shows how far two careful readers agree: the most any system can
+    expect to reach."""
+    qrels = read_qrels(judge)
+    scores: baselines.Scores = {
+        prof.id: {p: float(qrels[(prof.id, p)]) for p in col.papers} for prof in col.profiles
+    }
+    rankings = {p: baselines.ranking(s, list(col.papers)) for p, s in scores.items()}
+    return Row(f"judge {judge}'s grades (human agreement)", rankings, above(col, scores, 1.0))
 
 
 def best_threshold(col: Collection, scores: baselines.Scores) -> float:
@@ -267,16 +288,23 @@ def main(argv: Iterable[str] | None = None) -> None:
         action="store_true",
         help="do not pass the collection as --corpus (term rarity from the day)",
     )
+    ap.add_argument(
+        "--judge",
+        choices=sorted(JUDGES),
+        default="a",
+        help="whose grades to score against (a: the development judge; b: the second judge)",
+    )
     ap.add_argument("--skip-minilm", action="store_true", help="leave out the MiniLM baselines")
     ap.add_argument("--only-digestd", action="store_true", help="no baselines")  # fmt: skip
     args = ap.parse_args(list(argv) if argv is not None else None)
-    col = load()
+    col = load(args.judge)
     n_papers = len(col.papers)
     print(
         f"collection: {len(col.days)} days ({len(col.heldout_days)} held out), {n_papers} "
         f"papers, {len(col.profiles)} profiles ({sum(p.heldout for p in col.profiles)} held "
-        f"out), {len(col.qrels)} judgments"
+        f"out), {len(col.qrels)} judgments by judge {args.judge}"
     )
+    print(Agreement.of(read_qrels("a"), read_qrels("b")).describe())
 
     timings: list[str] = []
     ours_run = run_digestd(col, args.in_process, corpus=not args.no_corpus)
@@ -316,7 +344,8 @@ def main(argv: Iterable[str] | None = None) -> None:
                 t = best_threshold(col, scores)
                 peers.append(Row(f"{name}, best threshold", rankings, above(col, scores, t)))
 
-    rows = [*peers, ours, *extra]
+    others = [other_judge(col, j) for j in sorted(JUDGES) if j != args.judge]
+    rows = [*peers, ours, *extra, *others]
     print(
         "\nP, R, F1: pooled over every digest (relevant: grade >= 1); macroF1: mean over "
         "(profile, day),\na quiet day (nothing relevant) counting 1 when nothing was sent; "

@@ -15,7 +15,7 @@ import pytest
 
 from digestd.matcher import Corpus, Profile, match, name_key, rank, select, terms
 from digestd.matching.corpus import definitions, subject_text
-from digestd.matching.topics import compile_topic, holders
+from digestd.matching.topics import FEATURES, compile_topic, evidence, holders
 from digestd.paper import Paper
 from digestd.sources import jsonfile
 from tests.conftest import HF_DAYS
@@ -161,6 +161,40 @@ def test_an_acronym_finds_its_long_form_and_back() -> None:
     assert match([rag], Profile(topics=("rag",)), corpus=Corpus.of([DEFINES, rag]))
     # Without a paper defining it, "VLA" is just three letters.
     assert match([spelled], Profile(topics=("VLA",)), corpus=Corpus.of([spelled])) == []
+
+
+def test_partial_matches_count_acronyms_and_long_forms_as_the_words() -> None:
+    """A paper that says "RL" and "large language models" has the words of "reinforcement
+    learning for LLM reasoning" as much as one that spells them the topic's way."""
+    defines = paper(
+        "Definitions",
+        "Reinforcement learning (RL) for large language models (LLMs).",
+        id="2601.00009",
+    )
+    spelled = paper(
+        "Better policies",
+        "We apply reinforcement learning to an LLM and improve its reasoning on puzzles.",
+        id="2601.00001",
+    )
+    own_words = paper(
+        "Better policies",
+        "We apply RL to a large language model and improve its reasoning on puzzles.",
+        id="2601.00002",
+    )
+    topic = "reinforcement learning for LLM reasoning"
+    corpus = Corpus.of([defines, spelled, own_words])
+    coverage = FEATURES.index("abstract_coverage")
+    readings = [
+        evidence(corpus.doc(p), compile_topic(topic, corpus), corpus).features
+        for p in (spelled, own_words)
+    ]
+    assert readings[0][coverage] == readings[1][coverage] == 0.5  # each word once: half
+    [m] = rank([own_words], Profile(topics=(topic,)), corpus=corpus)
+    assert "“RL”" in m.why and "“large language model”" in m.why
+    # Without a paper defining them, "RL" is two letters and "LLM" is not spelled out.
+    alone = Corpus.of([own_words])
+    reading = evidence(alone.doc(own_words), compile_topic(topic, alone), alone).features
+    assert reading[coverage] < readings[1][coverage]
 
 
 def test_a_paper_defining_the_acronym_otherwise_is_not_taken_for_it() -> None:

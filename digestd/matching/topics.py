@@ -114,10 +114,12 @@ def _compile(text: str, corpus: Corpus) -> Topic:
     content = [(i, t) for i, t in enumerate(toks) if t.stem not in STOP]
     forms: list[tuple[Form, str]] = [(tuple(elems), "")] if content else []
     swaps: list[tuple[str, tuple[str, ...]]] = []
+    spelled: dict[int, list[Form]] = {}  # a written acronym -> its long forms
     for i, tok in content:
         if corpus.is_acronym(tok.stem, tok.caps):
             for long_form in corpus.long_forms(tok.stem):
                 long_elems = _form(long_form)
+                spelled.setdefault(i, []).append(long_elems)
                 forms.append((tuple(elems[:i]) + long_elems + tuple(elems[i + 1 :]), tok.stem))
                 swaps.append((tok.stem, content_words(long_form)))
     stems = tuple(t.stem for _, t in content)
@@ -132,13 +134,7 @@ def _compile(text: str, corpus: Corpus) -> Topic:
                 for k in range(a, b):
                     said.setdefault(k, set()).add(acronym)
     weights = tuple(
-        Word(
-            elems[i] | said.get(k, set()),
-            corpus.idf(t.stem),
-            tuple(_form(long_form) for long_form in corpus.long_forms(t.stem))
-            if corpus.is_acronym(t.stem, t.caps)
-            else (),
-        )
+        Word(elems[i] | said.get(k, set()), corpus.idf(t.stem), tuple(spelled.get(i, ())))
         for k, (i, t) in enumerate(content)
     )
     return Topic(text, tuple(forms[:_MAX_FORMS]), weights, tuple(swaps))
@@ -287,10 +283,16 @@ def features(doc: Doc, topic: Topic) -> tuple[tuple[float, ...], str]:
 
 
 def _own(topic: Topic) -> frozenset[str]:
+    """Every stem a reading of ``topic`` looks for: its forms' and its words' (`Word`)."""
     words: set[str] = set()
     for form, _ in topic.forms:
         for alternatives in form:
             words |= alternatives
+    for word in topic.weights:
+        words |= word.stems
+        for long_form in word.long_forms:
+            for alternatives in long_form:
+                words |= alternatives
     return frozenset(words)
 
 

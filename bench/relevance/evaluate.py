@@ -221,11 +221,15 @@ def best_threshold(col: Collection, scores: baselines.Scores) -> float:
 # ---------------------------------------------------------------- metrics per split
 
 
-def digest_summary(col: Collection, sent: Sent, split: str) -> DigestSummary:
+def digest_summary(
+    col: Collection, sent: Sent, split: str, days: Iterable[str] | None = None
+) -> DigestSummary:
+    """The digests ``sent`` of the split's (profile, day) pairs, on ``days`` (default all)."""
+    on = set(col.days if days is None else days)
     digests = []
     for prof in col.profiles:
         for day, ps in col.days.items():
-            if in_split(col, prof, day, split):
+            if day in on and in_split(col, prof, day, split):
                 rel = frozenset(col.relevant(prof.id, ps))
                 must = frozenset(col.relevant(prof.id, ps, 2))
                 digests.append(Digest(sent[(prof.id, day)], rel, must))

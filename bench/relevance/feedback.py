@@ -28,8 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.relevance.collection import JUDGES, Collection, Profile, load  # noqa: E402
-from bench.relevance.evaluate import SPLITS, Sent, in_split  # noqa: E402
-from bench.relevance.metrics import Digest, DigestSummary  # noqa: E402
+from bench.relevance.evaluate import SPLITS, Sent, digest_summary  # noqa: E402
 from digestd.matcher import Corpus, match  # noqa: E402
 from digestd.matcher import Profile as Wanted  # noqa: E402
 from digestd.paper import Paper  # noqa: E402
@@ -79,18 +78,6 @@ def replay(
     return out
 
 
-def summary(col: Collection, sent: Sent, split: str) -> DigestSummary:
-    """Like `evaluate.digest_summary`, over the (profile, day) pairs ``sent`` holds."""
-    digests = []
-    for prof in col.profiles:
-        for day, ps in col.days.items():
-            if (prof.id, day) in sent and in_split(col, prof, day, split):
-                rel = frozenset(col.relevant(prof.id, ps))
-                must = frozenset(col.relevant(prof.id, ps, 2))
-                digests.append(Digest(sent[(prof.id, day)], rel, must))
-    return DigestSummary.of(digests)
-
-
 def main(argv: Iterable[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument(
@@ -100,6 +87,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     col = load(args.judge)
     corpus = Corpus.of(list(col.papers.values()))
     first = min(col.days)
+    later = [d for d in col.days if d != first]
     print(
         f"{len(col.profiles)} profiles x {len(col.days)} days replayed in order; scored on "
         f"every day after {first}\n"
@@ -112,10 +100,9 @@ def main(argv: Iterable[str] | None = None) -> None:
         sent: Sent = {}
         for prof in col.profiles:
             for day, ids in replay(col, corpus, prof, rate, up, down).items():
-                if day != first:
-                    sent[(prof.id, day)] = ids
+                sent[(prof.id, day)] = ids
         for split in SPLITS:
-            s = summary(col, sent, split)
+            s = digest_summary(col, sent, split, days=later)
             print(
                 f"{name:<44} {split:<9} {s.micro_p:>5.2f} {s.micro_r:>5.2f} {s.micro_f1:>5.2f} "
                 f"{s.macro_f1:>7.2f} {s.silent:>8.0%}"

@@ -20,6 +20,8 @@ from digestd.paper import Paper
 from digestd.sources import jsonfile
 from tests.conftest import HF_DAYS
 
+RELEVANCE = Path(__file__).resolve().parent.parent / "bench" / "relevance"
+
 DAY = jsonfile.load(HF_DAYS / "2026-08-14.json")
 
 
@@ -195,6 +197,22 @@ def test_partial_matches_count_acronyms_and_long_forms_as_the_words() -> None:
     alone = Corpus.of([own_words])
     reading = evidence(alone.doc(own_words), compile_topic(topic, alone), alone).features
     assert reading[coverage] < readings[1][coverage]
+
+
+def test_a_topic_read_as_one_word_needs_more_than_one_mention_of_it() -> None:
+    """A topic of "tool use" reads as "tool" ("use" says nothing): a title about tools is
+    the topic, an abstract saying "tools" once in passing is not (recorded days of the
+    judged collection, where it sent such papers to the "LLM agents, tool use" subscriber)."""
+    days = RELEVANCE / "data"
+    papers = [*jsonfile.load(days / "2024-06-26.json"), *jsonfile.load(days / "2025-02-19.json")]
+    corpus = Corpus.of(papers)
+    sent = {m.paper.id for m in match(papers, Profile(topics=("tool use",)), corpus=corpus)}
+    assert sent == {"2502.11271"}  # OctoTools: ... with Extensible Tools ...
+    in_passing = {p.id: p for p in papers}["2406.16678"]  # Segment Any Text
+    assert "tools" in in_passing.abstract
+    # A topic written as the one word means it: a mention is the topic.
+    [m] = match([in_passing], Profile(topics=("tools",)), corpus=corpus)
+    assert m.score >= 0.6
 
 
 def test_a_paper_defining_the_acronym_otherwise_is_not_taken_for_it() -> None:

@@ -74,6 +74,9 @@ class Topic:
     weights: tuple[Word, ...]
     #: acronym swaps, for papers that define the acronym otherwise
     swaps: tuple[tuple[str, tuple[str, ...]], ...]
+    #: written as several words of which one says the subject ("tool use" reads as "tool"):
+    #: the one word mentioned once in passing is not the phrase
+    loose: bool = False
 
 
 def _variants(stem_: str, corpus: Corpus) -> frozenset[str]:
@@ -105,6 +108,7 @@ def _form(stems: Sequence[str]) -> Form:
 
 def _compile(text: str, corpus: Corpus) -> Topic:
     toks = [t for t in tokens(text) if t.stem]
+    written = len(toks)
     while toks and toks[0].stem in STOP:
         toks.pop(0)
     while toks and toks[-1].stem in STOP:
@@ -137,7 +141,8 @@ def _compile(text: str, corpus: Corpus) -> Topic:
         Word(elems[i] | said.get(k, set()), corpus.idf(t.stem), tuple(spelled.get(i, ())))
         for k, (i, t) in enumerate(content)
     )
-    return Topic(text, tuple(forms[:_MAX_FORMS]), weights, tuple(swaps))
+    loose = len(content) == 1 and written > 1
+    return Topic(text, tuple(forms[:_MAX_FORMS]), weights, tuple(swaps), loose)
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,18 +424,20 @@ def _evidence(doc: Doc, topic: Topic, corpus: Corpus | None) -> Evidence:
             v = corpus.vector(doc)
             x = (*x[:-1], sum(w * v.get(s, 0.0) for s, w in ctx.items()))
     z = BIAS + sum(w * v for w, v in zip(WEIGHTS, x, strict=True))
-    return Evidence(round(max(1 / (1 + math.exp(-z)), _floor(x)), 4), why, x)
+    return Evidence(round(max(1 / (1 + math.exp(-z)), _floor(x, topic.loose)), 4), why, x)
 
 
-def _floor(x: Sequence[float]) -> float:
+def _floor(x: Sequence[float], loose: bool = False) -> float:
     """What the phrase alone guarantees, whatever else the paper holds. On the judged
     development split, every paper with a topic's phrase in its title was relevant (32 of
-    32), 42 of 43 with two or more mentions in the abstract, 24 of 36 with one."""
+    32), 42 of 43 with two or more mentions in the abstract, 24 of 36 with one. A ``loose``
+    topic's one word mentioned once is no such sign: "tool use" sent eight papers saying
+    "tools" once in passing, none relevant, and no relevant paper was sent for it alone."""
     if x[0]:
         return FLOOR_TITLE
     if x[2] >= 2 / _MENTIONS:
         return FLOOR_REPEATED
-    if x[2] or x[5]:
+    if (x[2] or x[5]) and not loose:
         return FLOOR_MENTION
     return 0.0
 

@@ -215,6 +215,26 @@ def test_a_topic_read_as_one_word_needs_more_than_one_mention_of_it() -> None:
     assert m.score >= 0.6
 
 
+def test_a_word_papers_mostly_write_inside_a_compound_is_not_read_there() -> None:
+    """Most papers with "world" have it only in "real-world": a paper about real-world
+    conversations is not about "world models", as it was (0.57, sent). A topic naming the
+    compound's other part still reads it."""
+    papers = [p for day in sorted((RELEVANCE / "data").glob("*.json")) for p in jsonfile.load(day)]
+    corpus = Corpus.of(papers)
+    assert "realworld" in corpus.bound("world")
+    assert "multiag" not in corpus.bound("agent")  # one use of "agent" among others
+    by_id = {p.id: p for p in papers}
+    real_world = by_id["2606.15641"]  # "... In-Context Learning for Real-World B2B ..."
+    about = by_id["2606.18375"]  # "PAIWorld: A 3D-Consistent World Foundation Model ..."
+    world_models = Profile(topics=("world models",))
+    sent = match([real_world, about], world_models, corpus=corpus)
+    assert [m.paper.id for m in sent] == [about.id]
+    # it had no other word of the topic: now nothing of it is read at all
+    assert rank([real_world], replace(world_models, min_score=0), corpus=corpus) == []
+    [m] = match([real_world], Profile(topics=("real-world",)), corpus=corpus)
+    assert m.why == "Title matches “real-world”"
+
+
 def test_a_paper_defining_the_acronym_otherwise_is_not_taken_for_it() -> None:
     asr = "automatic speech recognition (ASR) systems"
     attack = paper(

@@ -31,6 +31,10 @@ VECTOR_TERMS = 60
 _MIN_DOCS = 1
 #: entries of Corpus.memo before it starts over (~200 bytes each)
 MEMO_LIMIT = 300_000
+#: a compound in at least this share of the papers holding one of its words (and in this
+#: many) is that word's usual use, not the word (`Corpus.bound`)
+BOUND_SHARE = 0.6
+BOUND_MIN = 3
 
 
 def content_words(stems: tuple[str, ...]) -> tuple[str, ...]:
@@ -169,6 +173,10 @@ class Corpus:
     #: paper id -> its sentence embedding (numpy unit vector), with the semantic extra
     #: (`digestd.matching.semantic`); empty without it
     meanings: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: stem -> the hyphenated compounds it is a part of ("world" -> "realworld", ...)
+    compounds: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, papers: Iterable[Paper | Doc], meanings: Mapping[str, Any] | None = None) -> Corpus:
@@ -177,11 +185,16 @@ class Corpus:
         caps: Counter[str] = Counter()
         lower: Counter[str] = Counter()
         docs: dict[str, Doc] = {}
+        compounds: dict[str, set[str]] = {}
         for item in papers:
             doc = item if isinstance(item, Doc) else analyse(item)
             if doc.paper.id in docs:
                 continue
             docs[doc.paper.id] = doc
+            for f in (doc.title, doc.abstract, doc.extra):
+                for joined, first, last in f.compounds():
+                    compounds.setdefault(first, set()).add(joined)
+                    compounds.setdefault(last, set()).add(joined)
             df.update(doc.vocabulary)
             caps.update(doc.capitals)
             lower.update(doc.lowercase)
@@ -205,6 +218,7 @@ class Corpus:
             {k: tuple(sorted(v)) for k, v in prefixes.items()},
             {k: tuple(v) for k, v in postings.items()},
             meanings={k: v for k, v in (meanings or {}).items() if k in docs},
+            compounds={k: tuple(sorted(v)) for k, v in compounds.items()},
         )
 
     def vector(self, doc: Doc) -> Mapping[str, float]:
@@ -247,6 +261,13 @@ class Corpus:
         n = max(self.size, _MIN_DOCS)
         d = self.df.get(stem_, 0)
         return math.log(1 + (n - d + 0.5) / (d + 0.5))
+
+    def bound(self, stem_: str) -> tuple[str, ...]:
+        """The hyphenated compounds that hold most of the papers' uses of a word, where it
+        is not the word on its own: "real-world" for "world", "open-source" for "source".
+        A compound holding fewer ("multi-agent" for "agent") is one use of the word."""
+        least = max(BOUND_MIN, BOUND_SHARE * self.df.get(stem_, 0))
+        return tuple(c for c in self.compounds.get(stem_, ()) if self.df.get(c, 0) >= least)
 
     def is_acronym(self, stem_: str, written_caps: bool) -> bool:
         """Whether a subscriber's word is an acronym: written so, or papers write it so."""

@@ -9,11 +9,12 @@ explanation can quote the paper's own wording.
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 import unicodedata
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -95,7 +96,7 @@ class Field:
     Kept compact: a send holds a month of papers' fields in each process.
     """
 
-    __slots__ = ("_joined", "_spans", "_stems", "index", "length", "stops", "text")
+    __slots__ = ("_hidden", "_joined", "_spans", "_stems", "index", "length", "stops", "text")
 
     def __init__(self, segments: Iterable[str]) -> None:
         parts: list[str] = []
@@ -107,6 +108,8 @@ class Field:
         self.stops: set[int] = set()
         #: (stem, start) -> end of the stems spanning two positions ("pretrain" for "pre-train")
         self._joined: dict[tuple[str, int], int] = {}
+        #: positions not read as their word (`without`)
+        self._hidden: frozenset[int] = frozenset()
         pos = 0
         base = 0
         for segment in segments:
@@ -136,12 +139,49 @@ class Field:
         self.text = " | ".join(parts)
         self.length = pos
 
+    def compounds(self) -> Iterator[tuple[str, str, str]]:
+        """Each hyphenated compound here, once per place: (joined stem, first part, last
+        part), "real-world" as ("realworld", "real", "world")."""
+        for (joined, start), end in self._joined.items():
+            first, last = self._stems[start], self._stems[end - 1]
+            if first is not None and last is not None:
+                yield joined, first, last
+
+    def without(self, parts: Mapping[str, frozenset[str]]) -> Field:
+        """This field with the stems of ``parts`` (stem -> compounds) not read where they are
+        a part of one of those compounds: "world" only in "real-world" is not the word."""
+        drop: dict[str, set[int]] = {}
+        for stem_, compounds in parts.items():
+            for compound in compounds:
+                for start in self.index.get(compound, ()):
+                    end = self._joined.get((compound, start))
+                    if end is None:
+                        continue
+                    for at in (start, end - 1):
+                        if self._stems[at] == stem_:
+                            drop.setdefault(stem_, set()).add(at)
+        if not drop:
+            return self
+        out = copy.copy(self)
+        index = dict(self.index)
+        for stem_, positions in drop.items():
+            kept = [at for at in index[stem_] if at not in positions]
+            if kept:
+                index[stem_] = kept
+            else:
+                del index[stem_]
+        out.index = index
+        out._hidden = self._hidden.union(*drop.values())
+        return out
+
     def _end(self, stem_: str, at: int) -> int | None:
         """Where ``stem_`` starting at position ``at`` ends, if it starts there."""
         end = self._joined.get((stem_, at))
         if end is not None:
             return end
-        return at + 1 if at < self.length and self._stems[at] == stem_ else None
+        if at < self.length and self._stems[at] == stem_ and at not in self._hidden:
+            return at + 1
+        return None
 
     def __contains__(self, stem_: str) -> bool:
         return stem_ in self.index

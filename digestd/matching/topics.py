@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from digestd.matching.corpus import Corpus, Doc, content_words
 from digestd.matching.text import STOP, Field, Span, tokens
@@ -77,6 +77,8 @@ class Topic:
     #: written as several words of which one says the subject ("tool use" reads as "tool"):
     #: the one word mentioned once in passing is not the phrase
     loose: bool = False
+    #: stem -> compounds where it is not read as the word (`Corpus.bound`)
+    bound: tuple[tuple[str, frozenset[str]], ...] = ()
 
 
 def _variants(stem_: str, corpus: Corpus) -> frozenset[str]:
@@ -142,7 +144,32 @@ def _compile(text: str, corpus: Corpus) -> Topic:
         for k, (i, t) in enumerate(content)
     )
     loose = len(content) == 1 and written > 1
-    return Topic(text, tuple(forms[:_MAX_FORMS]), weights, tuple(swaps), loose)
+    topic = Topic(text, tuple(forms[:_MAX_FORMS]), weights, tuple(swaps), loose)
+    return replace(topic, bound=_bound(topic, corpus))
+
+
+def _bound(topic: Topic, corpus: Corpus) -> tuple[tuple[str, frozenset[str]], ...]:
+    """The topic's stems that papers mostly use inside a compound, with those compounds;
+    not one whose other part is the topic's too ("real-world" for "real-world robotics")."""
+    own = _own(topic)
+    out = []
+    for s_ in sorted(own):
+        compounds = frozenset(
+            c
+            for c in corpus.bound(s_)
+            if c not in own and not any(c in corpus.compounds.get(o, ()) for o in own - {s_})
+        )
+        if compounds:
+            out.append((s_, compounds))
+    return tuple(out)
+
+
+def _fields(doc: Doc, topic: Topic) -> tuple[Field, Field, Field]:
+    """The paper's title, abstract and extra as ``topic`` reads them (`Topic.bound`)."""
+    if not topic.bound:
+        return doc.title, doc.abstract, doc.extra
+    parts = dict(topic.bound)
+    return doc.title.without(parts), doc.abstract.without(parts), doc.extra.without(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,21 +239,28 @@ def _phrase_readings(doc: Doc, topic: Topic) -> list[float]:
     """The phrase readings of `features` alone (no coverage, no wording): what `context`
     needs of every stored paper holding a topic's words."""
     x = [0.0] * len(FEATURES)
-    _read_phrases(doc, topic, x, None)
+    _read_phrases(doc, topic, x, None, _fields(doc, topic))
     return x
 
 
-def _read_phrases(doc: Doc, topic: Topic, x: list[float], best: _Best | None) -> None:
+def _read_phrases(
+    doc: Doc,
+    topic: Topic,
+    x: list[float],
+    best: _Best | None,
+    fields: tuple[Field, Field, Field],
+) -> None:
     """Fill the phrase readings (x[0:7]) and, given ``best``, offer it the wordings found;
     a wording is only written out when it would beat what ``best`` has."""
     quote = _quoted(topic.text) if best is not None else ""
+    title, abstract, extra = fields
     for form, swapped in topic.forms:
         if _conflicts(doc, topic, swapped):
             continue
         # The title and the keywords: the phrase, or all its words (one reading each).
         for f, at, ranks, said in (
-            (doc.title, 0, (0, 3), ("title matches", "title has the words of")),
-            (doc.extra, 5, (2, 6), ("keywords mention", "keywords have the words of")),
+            (title, 0, (0, 3), ("title matches", "title has the words of")),
+            (extra, 5, (2, 6), ("keywords mention", "keywords have the words of")),
         ):
             spans, span = _read(f, form)
             if spans:
@@ -239,12 +273,12 @@ def _read_phrases(doc: Doc, topic: Topic, x: list[float], best: _Best | None) ->
                     best.offer(ranks[1], f"{said[1]} {quote}")
         # The abstract: how often the phrase, or how close together its words.
         window = max(8, 2 * len(form) + 2)
-        spans, span = _read(doc.abstract, form)
+        spans, span = _read(abstract, form)
         if spans:
             x[2] = max(x[2], min(len(spans), _MENTIONS) / _MENTIONS)
             if best is not None and best.rank > 1:
                 times = f" ({len(spans)} times)" if len(spans) > 1 else ""
-                wording = _as(doc.abstract.quote(spans[0]), topic)
+                wording = _as(abstract.quote(spans[0]), topic)
                 best.offer(1, f"abstract mentions {quote}{times}{wording}")
         elif span is not None:
             if span.end - span.start <= window:
@@ -271,12 +305,14 @@ def features(doc: Doc, topic: Topic) -> tuple[tuple[float, ...], str]:
     x = [0.0] * len(FEATURES)
     best = _Best()
     quote = _quoted(topic.text)
-    _read_phrases(doc, topic, x, best)
+    fields = _fields(doc, topic)
+    _read_phrases(doc, topic, x, best, fields)
+    title, abstract, extra = fields
     shown: list[str] = []
-    for i, (f, counted) in enumerate(((doc.title, False), (doc.abstract, True),
-                                      (doc.extra, False))):  # fmt: skip
+    for i, (f, counted) in enumerate(((title, False), (abstract, True),
+                                      (extra, False))):  # fmt: skip
         x[7 + i], seen = _coverage(f, topic, counted)
-        if best.rank == 99 and f is not doc.extra:  # the words are the wording of last resort
+        if best.rank == 99 and f is not extra:  # the words are the wording of last resort
             for span in seen:
                 word = f.quote(span)
                 if word.casefold() not in (w.casefold() for w in shown):

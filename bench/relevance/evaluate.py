@@ -172,10 +172,12 @@ def other_judge(col: Collection, judge: str) -> Row:
     return Row(f"judge {judge}'s grades (human agreement)", rankings, above(col, scores, 1.0))
 
 
-def hindsight(col: Collection, scores: baselines.Scores, rounds: int = 3) -> float:
+def hindsight(
+    col: Collection, scores: baselines.Scores, rounds: int = 3
+) -> tuple[float, dict[str, float]]:
     """Digest F1 (all pairs) with a threshold for each profile chosen on the answers
     (coordinate ascent over the profiles): about the most any calibration of these scores
-    could give."""
+    could give; and the thresholds chosen (above every score: send nothing)."""
     counts: dict[str, dict[float, tuple[int, int, int]]] = {}  # profile -> t -> tp, sent, rel
     for prof in col.profiles:
         s = scores[prof.id]
@@ -200,7 +202,7 @@ def hindsight(col: Collection, scores: baselines.Scores, rounds: int = 3) -> flo
     for _ in range(rounds):
         for p in counts:
             chosen_t[p] = max(counts[p], key=lambda t: (f1({**chosen_t, p: t}), t))
-    return f1(chosen_t)
+    return f1(chosen_t), chosen_t
 
 
 def best_threshold(col: Collection, scores: baselines.Scores) -> float:
@@ -400,11 +402,14 @@ def main(argv: Iterable[str] | None = None) -> None:
                 print("\n".join(targets(col, row, peers, split)))
     print()
     for run, name in ((ours_run, ours.name), *((r, n) for r, n in semantic_runs)):
+        f1, chosen = hindsight(col, run.scores)
         print(
             f"{name}, a threshold per profile chosen with hindsight (about the most any "
-            f"calibration of its scores could give): digest F1 {hindsight(col, run.scores):.3f}"
-            " on all pairs"
+            f"calibration of its scores could give): digest F1 {f1:.3f} on all pairs; the "
+            "thresholds (the highest where several give the same; - sends nothing):"
         )
+        ordered = sorted(chosen.items(), key=lambda pt: (pt[1], pt[0]))
+        print("  " + ", ".join(f"{p} {t:.2f}" if t <= 1 else f"{p} -" for p, t in ordered))
     for row in (ours, *extra):
         print()
         print("\n".join(per_day(col, row)))

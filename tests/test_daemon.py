@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from digestd import config as config_mod
 from digestd.models import Status
 from digestd.store import Store
 from digestd.subscribers import make_input
+from tests.daemons import noon_zone
 from tests.smtp_server import ThreadedSmtpServer
 
 
@@ -103,9 +105,12 @@ def subscribe(config: Path, email: str, topic: str = "world models") -> None:
     store = Store.open(config_mod.load(config).database_url)
     try:
         # Due a minute ago: a fixed 00:00 made the digest older than [delivery] max_age_hours
-        # (20) from 20:00 UTC on, and it expired instead of going out.
-        due = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%H:%M")
-        data = make_input(email, topics=[topic], send_time=due, timezone="UTC")
+        # (20) from 20:00 UTC on, and it expired instead of going out. And where it is about
+        # noon: a minute before 00:00:30 is yesterday's 23:59, a period that ended before the
+        # subscription began, so nothing went out (a run of the suite at midnight UTC).
+        tz = noon_zone()
+        due = (datetime.now(ZoneInfo(tz)) - timedelta(minutes=1)).strftime("%H:%M")
+        data = make_input(email, topics=[topic], send_time=due, timezone=tz)
         store.add_subscriber(data, status=Status.ACTIVE)
     finally:
         store.close()

@@ -62,9 +62,9 @@ def stored(col: Collection, store: str, day: str, files: dict[date, Path]) -> li
     """The papers a daemon ranking ``day`` would hold, under ``store``."""
     if store == "collection":
         return [p for ps in col.days.values() for p in ps]
-    if store == "everything":
-        return [p for f in sorted(files.values()) for p in jsonfile.load(f)] + [
-            p for ps in col.days.values() for p in ps
+    if store == "everything":  # the collection's own copies first, as `digestd rank` has them
+        return [p for ps in col.days.values() for p in ps] + [
+            p for f in sorted(files.values()) for p in jsonfile.load(f)
         ]
     end = date.fromisoformat(day)
     start = end - pipeline.MAX_AGE
@@ -76,14 +76,14 @@ def digests(col: Collection, store: str, files: dict[date, Path]) -> tuple[Sent,
     """What each profile would be sent each day, and the size of each day's store."""
     sent: Sent = {}
     sizes = []
-    everything: Corpus | None = None
+    same: Corpus | None = None  # one store for every day but under "month"
     for day, papers in col.days.items():
-        if store == "month" or everything is None:
+        if store == "month" or same is None:
             corpus = Corpus.of([*papers, *stored(col, store, day, files)])
             if store != "month":
-                everything = corpus
+                same = corpus
         else:
-            corpus = everything
+            corpus = same
         sizes.append(len(corpus.docs))
         for prof in col.profiles:
             profile = Profile(prof.topics, prof.exclude, prof.authors)

@@ -59,17 +59,18 @@ def daily_files(folder: Path) -> dict[date, Path]:
 
 
 def stored(col: Collection, store: str, day: str, files: dict[date, Path]) -> list[Paper]:
-    """The papers a daemon ranking ``day`` would hold, under ``store``."""
+    """The papers a daemon ranking ``day`` would hold, under ``store``: the collection's own
+    copies first, as `digestd rank` puts the papers it ranks before its corpus (a paper the
+    daily files hold too is then the same object the matcher is given)."""
+    if store == "month":
+        end = date.fromisoformat(day)
+        start = end - pipeline.MAX_AGE
+        dated = sorted((d, f) for d, f in files.items() if start < d <= end)
+        return col.days[day] + [p for _, f in dated for p in jsonfile.load(f)]
+    collection = [p for ps in col.days.values() for p in ps]
     if store == "collection":
-        return [p for ps in col.days.values() for p in ps]
-    if store == "everything":  # the collection's own copies first, as `digestd rank` has them
-        return [p for ps in col.days.values() for p in ps] + [
-            p for f in sorted(files.values()) for p in jsonfile.load(f)
-        ]
-    end = date.fromisoformat(day)
-    start = end - pipeline.MAX_AGE
-    month = [p for d, f in sorted(files.items()) if start < d <= end for p in jsonfile.load(f)]
-    return month + col.days[day]
+        return collection
+    return collection + [p for f in sorted(files.values()) for p in jsonfile.load(f)]
 
 
 def digests(col: Collection, store: str, files: dict[date, Path]) -> tuple[Sent, list[int]]:
@@ -78,12 +79,9 @@ def digests(col: Collection, store: str, files: dict[date, Path]) -> tuple[Sent,
     sizes = []
     same: Corpus | None = None  # one store for every day but under "month"
     for day, papers in col.days.items():
-        if store == "month" or same is None:
-            corpus = Corpus.of([*papers, *stored(col, store, day, files)])
-            if store != "month":
-                same = corpus
-        else:
-            corpus = same
+        corpus = same if same is not None else Corpus.of(stored(col, store, day, files))
+        if store != "month":
+            same = corpus
         sizes.append(len(corpus.docs))
         for prof in col.profiles:
             profile = Profile(prof.topics, prof.exclude, prof.authors)

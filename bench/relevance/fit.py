@@ -19,45 +19,22 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.relevance.ceiling import examples, pairs  # noqa: E402
 from bench.relevance.collection import load  # noqa: E402
-from digestd.matching.authors import Name  # noqa: E402
 from digestd.matching.corpus import Corpus  # noqa: E402
-from digestd.matching.topics import FEATURES, compile_topic, evidence  # noqa: E402
+from digestd.matching.topics import FEATURES  # noqa: E402
 
 
-def examples() -> tuple[list[tuple[float, ...]], list[int]]:
+def dev_examples() -> tuple[list[tuple[float, ...]], list[int]]:
     col = load()
     corpus = Corpus.of(col.papers.values())
-    xs: list[tuple[float, ...]] = []
-    ys: list[int] = []
-    for prof in col.profiles:
-        if prof.heldout or not prof.topics:
-            continue
-        topics = [compile_topic(t, corpus) for t in prof.topics]
-        followed = [Name.of(a) for a in prof.authors]
-        for day, papers in col.days.items():
-            if day in col.heldout_days:
-                continue
-            for paper in papers:
-                if any(n.is_(Name.of(a)) for n in followed for a in paper.authors):
-                    continue
-                doc = corpus.doc(paper)
-                readings = [evidence(doc, t, corpus) for t in topics]
-                if col.grade(prof.id, paper.id) >= 1:
-                    best = max(readings, key=lambda e: e.score)
-                    xs.append(best.features)
-                    ys.append(1)
-                else:
-                    for e in readings:
-                        xs.append(e.features)
-                        ys.append(0)
-    return xs, ys
+    return examples(p for p in pairs(col, corpus) if p.dev)
 
 
 def main() -> None:
     from sklearn.linear_model import LogisticRegression
 
-    xs, ys = examples()
+    xs, ys = dev_examples()
     model = LogisticRegression(C=1.0, max_iter=1000)
     model.fit(xs, ys)
     print(f"{len(ys)} examples, {sum(ys)} relevant")
